@@ -1,0 +1,156 @@
+"""The certificate folder: ``<address>.crt`` files a reader can use, and nothing else visible.
+
+Writes are atomic and durable (dot-prefixed temp file, fsync, rename, fsync of the folder),
+serialised per address with an ``fcntl`` lock so concurrent workers never tear a file, and never
+downgrade: an older certificate does not replace a newer one, and a replaced certificate is kept
+under ``.history/``. Everything the service keeps besides the certificates is dot-prefixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from smime_collector.trust import fingerprint
+from smime_collector.verdict import Check
+
+MAX_ADDRESS_LENGTH = 254
+HISTORY = ".history"
+LOCKS = ".locks"
+
+
+def unsafe_address(address: str) -> str | None:
+    """Why an address cannot name a file in the folder, or ``None`` when it can."""
+    if len(address) > MAX_ADDRESS_LENGTH:
+        return f"address is longer than {MAX_ADDRESS_LENGTH} characters"
+    if address.startswith("."):
+        return "address starts with a dot"
+    for ch in address:
+        if ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F:
+            return f"address contains the character {ch!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    check: Check
+    changed: bool = False
+    path: Path | None = None
+    size: int = 0
+
+
+class CertStore:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def ensure(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, address: str) -> Path:
+        return self.folder / f"{address.lower()}.crt"
+
+    def read(self, address: str) -> x509.Certificate | None:
+        """The stored certificate, never following a symlink planted at its name."""
+        try:
+            fd = os.open(self.path_for(address), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP):
+                return None
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read()
+        try:
+            return x509.load_pem_x509_certificate(data)
+        except ValueError:
+            return None  # a damaged file is replaced by a good certificate, never trusted
+
+    def save(self, address: str, cert: x509.Certificate) -> StoreResult:
+        """Store ``cert`` for ``address``: stored, unchanged, older-than-stored or store-error."""
+        reason = unsafe_address(address)
+        if reason:
+            return StoreResult(Check.fail("unsafe-address", reason))
+        address = address.lower()
+        try:
+            self.ensure()
+            with self._locked(address):
+                return self._save_locked(address, cert)
+        except OSError as exc:
+            return StoreResult(Check.retry("store-error", f"cannot write certificate: {exc}"))
+
+    def _save_locked(self, address: str, cert: x509.Certificate) -> StoreResult:
+        path = self.path_for(address)
+        current = self.read(address)
+        if current is not None:
+            if current == cert:
+                return StoreResult(
+                    Check.passed("the same certificate is already stored"), False, path
+                )
+            if cert.not_valid_before_utc < current.not_valid_before_utc:
+                return StoreResult(
+                    Check.fail(
+                        "older-than-stored",
+                        f"stored certificate is newer (notBefore "
+                        f"{current.not_valid_before_utc:%Y-%m-%d}) than this one "
+                        f"({cert.not_valid_before_utc:%Y-%m-%d})",
+                    )
+                )
+            self._keep_history(address, current)
+        data = cert.public_bytes(serialization.Encoding.PEM)
+        self._write_atomic(self.folder, path.name, data)
+        return StoreResult(Check.passed("stored"), True, path, len(data))
+
+    def _keep_history(self, address: str, cert: x509.Certificate) -> None:
+        history = self.folder / HISTORY
+        history.mkdir(exist_ok=True)
+        name = f"{address}.{fingerprint(cert)}.crt"
+        if not (history / name).exists():
+            self._write_atomic(history, name, cert.public_bytes(serialization.Encoding.PEM))
+
+    @staticmethod
+    def _write_atomic(folder: Path, name: str, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".crt", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fchmod(handle.fileno(), 0o644)
+                os.fsync(handle.fileno())
+            os.replace(tmp, folder / name)  # replaces a symlink itself, never its target
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @contextlib.contextmanager
+    def _locked(self, address: str) -> Iterator[None]:
+        locks = self.folder / LOCKS
+        locks.mkdir(exist_ok=True)
+        fd = os.open(locks / f"{address}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def writable(self) -> Check:
+        try:
+            self.ensure()
+            with tempfile.TemporaryFile(prefix=".probe-", dir=self.folder):
+                pass
+        except OSError as exc:
+            return Check.retry("store-error", f"certificate folder is not writable: {exc}")
+        return Check.passed("certificate folder writable")

@@ -1,0 +1,116 @@
+"""DKIM: the From: address can be trusted only if its domain signed the message.
+
+Every DKIM-Signature is checked (dkimpy's ``verify()`` looks at one), and the message passes when
+one signature verifies, covers From:, covers the whole body, uses an acceptable algorithm and key,
+and is aligned with the From: domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dkim
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    InvalidCanonicalizationPolicyError,
+)
+
+from smime_collector.dnskeys import DNSTempError, KeyResolver
+from smime_collector.message import ParsedMessage
+from smime_collector.verdict import Check
+
+MIN_KEY_BITS = 1024
+
+
+@dataclass(frozen=True)
+class SignatureResult:
+    domain: str
+    check: Check
+    aligned: bool = False
+
+
+def aligned(signing_domain: str, from_domain: str, mode: str) -> bool:
+    """Strict: d= equals the From: domain. Relaxed: d= may also be a parent domain of it."""
+    d = signing_domain.lower().rstrip(".")
+    f = from_domain.lower().rstrip(".")
+    if d == f:
+        return True
+    # A bare top-level domain is never a sender's organisational domain.
+    return mode == "relaxed" and "." in d and f.endswith("." + d)
+
+
+def check_dkim(msg: ParsedMessage, resolver: KeyResolver, alignment: str) -> Check:
+    count = sum(1 for name in msg.top.headers.keys() if name.lower() == "dkim-signature")
+    if count == 0:
+        return Check.fail("dkim-missing", "DKIM FAIL: the message has no DKIM-Signature")
+    try:
+        verifier = dkim.DKIM(msg.raw, minkey=MIN_KEY_BITS)
+    except dkim.DKIMException as exc:
+        return Check.fail("dkim-invalid", f"DKIM FAIL: headers cannot be parsed: {exc}")
+    results = [_check_one(verifier, idx, msg, resolver, alignment) for idx in range(count)]
+    for result in results:
+        if result.check.ok:
+            return result.check
+    for result in results:
+        if result.check.tempfail:
+            return result.check
+    misaligned = [r for r in results if r.check.reason == "dkim-misaligned"]
+    chosen = misaligned[0] if misaligned else results[0]
+    return chosen.check
+
+
+def _check_one(
+    verifier: dkim.DKIM,
+    idx: int,
+    msg: ParsedMessage,
+    resolver: KeyResolver,
+    alignment: str,
+) -> SignatureResult:
+    try:
+        valid = verifier.verify(idx=idx, dnsfunc=resolver.txt)
+    except DNSTempError as exc:
+        return SignatureResult("", Check.retry("dns-error", f"DKIM DNS error: {exc}"))
+    except dkim.DKIMException as exc:
+        return SignatureResult("", Check.fail("dkim-invalid", f"DKIM FAIL: {exc}"))
+    fields = verifier.signature_fields or {}
+    domain = fields.get(b"d", b"").decode("ascii", "replace")
+    if not valid:
+        return SignatureResult(
+            domain,
+            Check.fail("dkim-invalid", f"DKIM FAIL: d={domain} signature does not verify"),
+        )
+    problem = _weakness(verifier, fields)
+    if problem:
+        return SignatureResult(
+            domain, Check.fail("dkim-invalid", f"DKIM FAIL: d={domain} {problem}")
+        )
+    if not aligned(domain, msg.from_domain, alignment):
+        return SignatureResult(
+            domain,
+            Check.fail(
+                "dkim-misaligned",
+                f"DKIM FAIL: d={domain} is not aligned with From: domain {msg.from_domain}",
+            ),
+        )
+    return SignatureResult(domain, Check.passed(f"from={msg.from_address},DKIM passed"), True)
+
+
+def _weakness(verifier: dkim.DKIM, fields: dict[bytes, bytes]) -> str | None:
+    """Why a cryptographically valid signature still does not authenticate the message."""
+    if fields.get(b"a", b"").lower() == b"rsa-sha1":
+        return "uses rsa-sha1, which is too weak"
+    signed = [h.strip().lower() for h in fields.get(b"h", b"").split(b":")]
+    if b"from" not in signed:
+        return "does not cover the From: header"
+    if b"l" in fields:
+        try:
+            policy = CanonicalizationPolicy.from_c_value(fields.get(b"c", b"simple/simple"))
+        except InvalidCanonicalizationPolicyError:
+            return "has an invalid c= value"
+        body_length = len(policy.canonicalize_body(verifier.body))
+        if int(fields[b"l"]) < body_length:
+            return (
+                f"signs only {int(fields[b'l'])} of {body_length} body bytes (l= tag); "
+                "content after that is unauthenticated"
+            )
+    return None

@@ -1,0 +1,191 @@
+"""The only place that orders the stages: bytes in, one :class:`Verdict` out.
+
+parse → safe address → find the S/MIME layer → DKIM → CMS signature → certificate policy →
+store. Each stage answers with a :class:`Check`; the first failure decides the verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from smime_collector import certpolicy
+from smime_collector.certstore import CertStore, unsafe_address
+from smime_collector.config import Settings
+from smime_collector.dkimcheck import check_dkim
+from smime_collector.dnskeys import KeyResolver
+from smime_collector.message import MalformedMessage, ParsedMessage, parse_message
+from smime_collector.smime import (
+    WEAK_DIGESTS,
+    Signer,
+    find_signature,
+    verify_signed_data,
+)
+from smime_collector.trust import TrustAnchors, fingerprint
+from smime_collector.verdict import Check, Outcome, Verdict
+
+
+@dataclass
+class Collector:
+    """Per-process state built once from the settings: anchors, DNS resolver, store, logger."""
+
+    settings: Settings
+    anchors: TrustAnchors
+    resolver: KeyResolver
+    store: CertStore
+    log: logging.Logger
+
+    @classmethod
+    def build(cls, settings: Settings, log: logging.Logger) -> Collector:
+        store = CertStore(settings.user_certs_dir)
+        store.ensure()
+        return cls(
+            settings,
+            TrustAnchors(list(settings.trusted_certs)),
+            KeyResolver(list(settings.dns_nameservers), settings.dns_timeout),
+            store,
+            log,
+        )
+
+    def read_smime_email(self, raw: bytes, received_at: datetime | None = None) -> Verdict:
+        """Judge one message and store its sender's certificate when every check passes."""
+        verdict = self._judge(raw, received_at)
+        self.log.info(
+            "| outcome=%s,reason=%s,email=%s",
+            verdict.outcome.value,
+            verdict.reason,
+            verdict.email,
+        )
+        return verdict
+
+    def _judge(self, raw: bytes, received_at: datetime | None) -> Verdict:
+        log = self.log.info
+        parsed = parse_message(raw)
+        if isinstance(parsed, Check):
+            return self._reject(parsed, None)
+        address = parsed.from_address
+        problem = unsafe_address(address)
+        if problem:
+            return self._reject(Check.fail("unsafe-address", problem), None)
+        try:
+            self._log_parts(parsed)
+        except MalformedMessage as exc:
+            return self._reject(Check.fail("malformed", str(exc)), address)
+        part = find_signature(parsed.top)
+        if isinstance(part, Check):
+            return self._reject(part, address)
+        log("| filename=%s,bytes=%d", part.filename, len(part.cms_der))
+        if self.settings.dkim == "require":
+            dkim = check_dkim(parsed, self.resolver, self.settings.dkim_alignment)
+            if not dkim.ok:
+                log("| from=%s,%s", address, dkim.detail)
+                return self._reject(dkim, address)
+            log("| %s", dkim.detail)
+        signed = verify_signed_data(part)
+        if isinstance(signed, Check):
+            return self._reject(signed, address)
+        for cert in signed.certificates:
+            log_certificate(self.log, cert)
+        at = self.settings.verify_time or received_at or datetime.now(UTC)
+        failures: list[Check] = []
+        for signer in signed.signers:
+            chosen = self._choose_certificate(signer, signed.certificates, parsed, at)
+            if isinstance(chosen, Check):
+                failures.append(chosen)
+                continue
+            return self._store(address, chosen)
+        return self._reject((failures or signed.failures)[0], address)
+
+    def _choose_certificate(
+        self,
+        signer: Signer,
+        bag: list[x509.Certificate],
+        msg: ParsedMessage,
+        at: datetime,
+    ) -> x509.Certificate | Check:
+        """The signer's certificate if it can receive encrypted mail, else its preferred twin."""
+        log = self.log.info
+        log(
+            "| signer serial=%x,digest=%s,signature=%s,signature verified",
+            signer.cert.serial_number,
+            signer.digest,
+            signer.signature_algorithm,
+        )
+        if signer.digest in WEAK_DIGESTS and not self.settings.allow_sha1:
+            check = Check.fail(
+                "weak-algorithm",
+                f"signature digest {signer.digest} is too weak (allow-sha1 = no)",
+            )
+            log("| check digest: FAIL weak-algorithm,%s", check.detail)
+            return check
+        anchors = self.anchors.current()
+        candidate = certpolicy.Candidate(signer.cert, bag, anchors, at, msg.from_address)
+        check = certpolicy.judge(candidate, certpolicy.SIGNER_RULES, log)
+        if not check.ok:
+            return check
+        usable = certpolicy.check_encryption_usage(candidate)
+        if usable.ok:
+            log("| check encryption_usage: ok,%s", usable.detail)
+            return signer.cert
+        preferred = signer.encryption_preference
+        if preferred is None or preferred == signer.cert:
+            log("| check encryption_usage: FAIL wrong-key-usage,%s", usable.detail)
+            return usable
+        log("| signer certificate is signing-only; checking its encryption key preference")
+        twin = certpolicy.Candidate(preferred, bag, anchors, at, msg.from_address)
+        check = certpolicy.judge(twin, certpolicy.ENCRYPTION_RULES, log)
+        return preferred if check.ok else check
+
+    def _store(self, address: str, cert: x509.Certificate) -> Verdict:
+        result = self.store.save(address, cert)
+        email = address.lower()
+        if not result.check.ok:
+            return self._reject(result.check, email)
+        path = str(result.path)
+        if result.changed:
+            self.log.info("| written file %s,bytes=%d,ok=True", path, result.size)
+            return Verdict(Outcome.STORED, "ok", email, path, result.check.detail)
+        self.log.info("| file %s already holds this certificate", path)
+        return Verdict(Outcome.UNCHANGED, "ok", email, path, result.check.detail)
+
+    def _reject(self, check: Check, email: str | None) -> Verdict:
+        self.log.info("| %s: %s", check.reason, check.detail)
+        return Verdict.from_check(check, email.lower() if email else None)
+
+    def _log_parts(self, msg: ParsedMessage) -> None:
+        for entity in msg.top.walk():
+            self.log.info(
+                "| content-type=%s,content-description=%s",
+                entity.content_type,
+                entity.headers.get("content-description"),
+            )
+
+
+def log_certificate(log: logging.Logger, cert: x509.Certificate) -> None:
+    """One line per certificate in the seed's format, then key and fingerprint details."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    emails = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
+    issuer = {attr.oid._name: str(attr.value) for attr in cert.issuer}
+    digest = cert.signature_hash_algorithm.name if cert.signature_hash_algorithm else None
+    log.info(
+        "| Certificate: subject email_address=%s,not_valid_before=%s,not_valid_after=%s,"
+        "hash_algorithm=%s,key_size=%d bits, issuer=%s",
+        emails,
+        cert.not_valid_before_utc.strftime("%Y-%m-%d %H:%M:%S"),
+        cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S"),
+        digest,
+        certpolicy.key_bits(cert),
+        issuer,
+    )
+    log.info(
+        "|   key_type=%s,emails=%s,serial=%x,sha256=%s",
+        certpolicy.key_type(cert),
+        certpolicy.emails_of(cert),
+        cert.serial_number,
+        fingerprint(cert),
+    )

@@ -1,0 +1,363 @@
+"""Find the outermost S/MIME signature of a message and verify it (RFC 5652, RFC 8551).
+
+Only the outermost layer binds to the sender: a signed message forwarded inside another one, or
+a signature under an encryption layer, proves nothing about the person in From:. Verification
+follows RFC 5652 §5.4: the messageDigest attribute must match the content exactly as received,
+contentType must match, and the signature must verify over the DER ``SET OF`` of the signed
+attributes. The certificate checked afterwards is the one the SignerInfo names, never a guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from asn1crypto import cms
+from asn1crypto import core as asn1
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from smime_collector.message import Entity, MalformedMessage
+from smime_collector.verdict import Check
+
+MAX_CERTIFICATES = 50
+MAX_SIGNATURE_BYTES = 1 << 20
+MAX_SIGNERS = 10
+
+SIGNATURE_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature"}
+MIME_TYPES = {"application/pkcs7-mime", "application/x-pkcs7-mime"}
+NOT_SIGNED_TYPES = {
+    "enveloped-data",
+    "authenveloped-data",
+    "certs-only",
+    "compressed-data",
+}
+MS_ENCRYPTION_KEY_PREFERENCE = "1.3.6.1.4.1.311.16.4"
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+WEAK_DIGESTS = {"sha1"}
+
+
+@dataclass
+class SignedPart:
+    """The outermost signature: the CMS bytes and, for detached signing, the signed content."""
+
+    kind: str  # "detached" or "opaque"
+    cms_der: bytes
+    content: bytes | None
+    filename: str | None
+
+
+@dataclass
+class Signer:
+    """A SignerInfo whose signature verified, with the certificate its ``sid`` names."""
+
+    cert: x509.Certificate
+    digest: str
+    signature_algorithm: str
+    encryption_preference: x509.Certificate | None = None
+
+
+@dataclass
+class SignedData:
+    """Everything the certificate policy needs from the CMS structure."""
+
+    certificates: list[x509.Certificate]
+    signers: list[Signer] = field(default_factory=list)
+    failures: list[Check] = field(default_factory=list)
+
+
+def find_signature(top: Entity) -> SignedPart | Check:
+    """Locate the outermost signature layer; anything else is ``not-signed``."""
+    ctype = top.content_type
+    try:
+        if ctype == "multipart/signed":
+            return _detached(top)
+        if ctype in MIME_TYPES or _is_p7m_attachment(top):
+            return _opaque(top)
+    except MalformedMessage as exc:
+        return Check.fail("malformed", str(exc))
+    return Check.fail("not-signed", f"the message is {ctype}, not an S/MIME signed message")
+
+
+def _is_p7m_attachment(entity: Entity) -> bool:
+    name = (entity.filename or "").lower()
+    return entity.content_type == "application/octet-stream" and name.endswith(".p7m")
+
+
+def _detached(top: Entity) -> SignedPart | Check:
+    protocol = (top.param("protocol") or "").lower()
+    if protocol not in SIGNATURE_TYPES:
+        return Check.fail("not-signed", f"multipart/signed with protocol {protocol!r}")
+    parts = top.parts()
+    if len(parts) != 2:
+        return Check.fail("malformed", f"multipart/signed has {len(parts)} parts, not 2")
+    content, signature = parts
+    if signature.content_type not in SIGNATURE_TYPES:
+        return Check.fail(
+            "malformed", f"second part of multipart/signed is {signature.content_type}"
+        )
+    return SignedPart("detached", _bounded(signature.decoded()), content.raw, signature.filename)
+
+
+def _opaque(top: Entity) -> SignedPart | Check:
+    smime_type = (top.param("smime-type") or "").lower()
+    if smime_type in NOT_SIGNED_TYPES:
+        return Check.fail("not-signed", f"{top.content_type} with smime-type={smime_type}")
+    der = _bounded(top.decoded())
+    if not smime_type:
+        try:
+            kind = cms.ContentInfo.load(der)["content_type"].native
+        except (ValueError, TypeError) as exc:
+            return Check.fail("malformed", f"{top.content_type} body is not CMS: {exc}")
+        if kind != "signed_data":
+            return Check.fail("not-signed", f"{top.content_type} holds CMS {kind}")
+    return SignedPart("opaque", der, None, top.filename)
+
+
+def _bounded(data: bytes) -> bytes:
+    if len(data) > MAX_SIGNATURE_BYTES:
+        raise MalformedMessage(
+            f"signature of {len(data)} bytes exceeds the bound of {MAX_SIGNATURE_BYTES}"
+        )
+    return data
+
+
+def verify_signed_data(part: SignedPart) -> SignedData | Check:
+    """Parse the CMS SignedData and verify every SignerInfo over the signed content."""
+    try:
+        info = cms.ContentInfo.load(part.cms_der)
+        kind = info["content_type"].native
+        if kind != "signed_data":
+            return Check.fail("not-signed", f"the CMS content is {kind}, not signed data")
+        signed = info["content"]
+        certificates = _certificates(signed)
+        if isinstance(certificates, Check):
+            return certificates
+        encap = signed["encap_content_info"]
+        if part.kind == "detached":
+            content = part.content or b""
+        else:
+            econtent = encap["content"]
+            if econtent.native is None:
+                return Check.fail("malformed", "opaque signed data without encapsulated content")
+            content = _octets(econtent)
+        signer_infos = list(signed["signer_infos"])
+    except (ValueError, TypeError, KeyError) as exc:
+        return Check.fail("bad-signature", f"CMS structure cannot be parsed: {exc}")
+    if not signer_infos:
+        return Check.fail("not-signed", "signed data with no signer (certs-only)")
+    if len(signer_infos) > MAX_SIGNERS:
+        return Check.fail("malformed", f"more signers than the bound of {MAX_SIGNERS}")
+    result = SignedData(certificates)
+    content_type = encap["content_type"].dotted
+    for signer_info in signer_infos:
+        outcome = _verify_signer(signer_info, content, content_type, certificates)
+        if isinstance(outcome, Signer):
+            result.signers.append(outcome)
+        else:
+            result.failures.append(outcome)
+    return result
+
+
+def _octets(value: asn1.Asn1Value) -> bytes:
+    parsed = value.native
+    return parsed if isinstance(parsed, bytes) else value.contents
+
+
+def _certificates(signed: cms.SignedData) -> list[x509.Certificate] | Check:
+    bag = signed["certificates"]
+    if bag.native is None:
+        return []
+    if len(bag) > MAX_CERTIFICATES:
+        return Check.fail("malformed", f"more certificates than the bound of {MAX_CERTIFICATES}")
+    certificates = []
+    for choice in bag:
+        if choice.name != "certificate":
+            continue  # attribute certificates and other formats carry no key
+        try:
+            certificates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+        except ValueError as exc:
+            return Check.fail("bad-signature", f"a certificate in the signature is corrupt: {exc}")
+    return certificates
+
+
+def _verify_signer(
+    info: cms.SignerInfo, content: bytes, content_type: str, bag: list[x509.Certificate]
+) -> Signer | Check:
+    try:
+        return _verify_signer_info(info, content, content_type, bag)
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+    ) as exc:  # asn1crypto parses lazily, fails late
+        return Check.fail("bad-signature", f"SignerInfo cannot be parsed: {exc}")
+
+
+def _verify_signer_info(
+    info: cms.SignerInfo, content: bytes, content_type: str, bag: list[x509.Certificate]
+) -> Signer | Check:
+    digest_name = info["digest_algorithm"]["algorithm"].native
+    hash_cls = _HASHES.get(digest_name)
+    if hash_cls is None:
+        return Check.fail("weak-algorithm", f"digest algorithm {digest_name} is not accepted")
+    cert = find_certificate(info["sid"], bag)
+    if cert is None:
+        return Check.fail("no-certificate", "the signer's certificate is not in the message")
+    attrs = info["signed_attrs"]
+    if isinstance(attrs, asn1.Void):
+        signed_bytes = content
+        values: dict[str, asn1.Asn1Value] = {}
+    else:
+        values = {attr["type"].dotted: attr["values"][0] for attr in attrs}
+        check = _check_attributes(values, content, content_type, hash_cls)
+        if not check.ok:
+            return check
+        signed_bytes = attrs.untag().dump(force=True)
+    algorithm = info["signature_algorithm"]
+    check = _verify_signature(cert, algorithm, info["signature"].native, signed_bytes, hash_cls)
+    if not check.ok:
+        return check
+    preference = _encryption_preference(values, bag)
+    return Signer(cert, digest_name, check.detail, preference)
+
+
+def _check_attributes(
+    values: dict[str, asn1.Asn1Value],
+    content: bytes,
+    content_type: str,
+    hash_cls: type[hashes.HashAlgorithm],
+) -> Check:
+    declared = values.get("1.2.840.113549.1.9.3")
+    digest = values.get("1.2.840.113549.1.9.4")
+    if declared is None or digest is None:
+        return Check.fail("bad-signature", "signed attributes lack contentType or messageDigest")
+    if declared.dotted != content_type:
+        return Check.fail("bad-signature", "contentType attribute does not match the content")
+    computed = hashlib.new(hash_cls.name, content).digest()
+    if digest.native != computed:
+        return Check.fail(
+            "bad-signature", "messageDigest does not match the signed content (altered)"
+        )
+    return Check.passed()
+
+
+def _verify_signature(
+    cert: x509.Certificate,
+    algorithm: cms.SignedDigestAlgorithm,
+    signature: bytes,
+    data: bytes,
+    hash_cls: type[hashes.HashAlgorithm],
+) -> Check:
+    key = cert.public_key()
+    try:
+        family = algorithm.signature_algo
+        if family == "rsassa_pkcs1v15" and isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, padding.PKCS1v15(), _hash(algorithm, hash_cls))
+        elif family == "rsassa_pss" and isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, _pss(algorithm["parameters"]), _pss_hash(algorithm))
+        elif family == "ecdsa" and isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, data, ec.ECDSA(_hash(algorithm, hash_cls)))
+        elif family == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, data)
+        else:
+            return Check.fail(
+                "bad-signature",
+                f"signature algorithm {family} does not fit the signer's key",
+            )
+    except InvalidSignature:
+        return Check.fail("bad-signature", "the signature does not verify with the signer's key")
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return Check.fail("bad-signature", f"the signature cannot be checked: {exc}")
+    return Check.passed(family)
+
+
+def _hash(
+    algorithm: cms.SignedDigestAlgorithm, fallback: type[hashes.HashAlgorithm]
+) -> hashes.HashAlgorithm:
+    """The hash a combined OID names (sha256WithRSA...), else the SignerInfo's digest."""
+    try:
+        name = algorithm.hash_algo
+    except ValueError:
+        return fallback()
+    return _HASHES.get(name, fallback)()
+
+
+def _pss_hash(algorithm: cms.SignedDigestAlgorithm) -> hashes.HashAlgorithm:
+    name = algorithm["parameters"]["hash_algorithm"]["algorithm"].native
+    if name not in _HASHES:
+        raise ValueError(f"RSA-PSS with hash {name}")
+    return _HASHES[name]()
+
+
+def _pss(params: asn1.Asn1Value) -> padding.PSS:
+    mgf = params["mask_gen_algorithm"]
+    if mgf["algorithm"].native != "mgf1":
+        raise ValueError("RSA-PSS with a mask generation function other than MGF1")
+    mgf_hash = mgf["parameters"]["algorithm"].native
+    if mgf_hash not in _HASHES:
+        raise ValueError(f"RSA-PSS MGF1 with hash {mgf_hash}")
+    return padding.PSS(padding.MGF1(_HASHES[mgf_hash]()), params["salt_length"].native)
+
+
+def find_certificate(
+    sid: cms.SignerIdentifier, bag: list[x509.Certificate]
+) -> x509.Certificate | None:
+    """The certificate a SignerIdentifier names: issuer and serial, or subject key identifier."""
+    if sid.name == "issuer_and_serial_number":
+        return _by_issuer_serial(sid.chosen, bag)
+    return _by_key_id(sid.chosen.native, bag)
+
+
+def _by_issuer_serial(
+    ref: cms.IssuerAndSerialNumber, bag: list[x509.Certificate]
+) -> x509.Certificate | None:
+    issuer = ref["issuer"]
+    serial = ref["serial_number"].native
+    for cert in bag:
+        if cert.serial_number != serial:
+            continue
+        # asn1crypto compares names as RFC 5280 says: string types and case folded.
+        if asn1_x509.Name.load(cert.issuer.public_bytes()) == issuer:
+            return cert
+    return None
+
+
+def _encryption_preference(
+    values: dict[str, asn1.Asn1Value], bag: list[x509.Certificate]
+) -> x509.Certificate | None:
+    """The certificate named by SMIMEEncryptionKeyPreference (RFC 8551) or Microsoft's twin."""
+    standard = values.get("1.2.840.113549.1.9.16.2.11")
+    if standard is not None and standard.name == "issuer_and_serial_number":
+        return _by_issuer_serial(standard.chosen, bag)
+    if standard is not None and standard.name == "subject_alt_key_identifier":
+        return _by_key_id(standard.chosen.native, bag)
+    microsoft = values.get(MS_ENCRYPTION_KEY_PREFERENCE)
+    if microsoft is not None:
+        try:
+            ref = cms.IssuerAndSerialNumber.load(microsoft.dump())
+            return _by_issuer_serial(ref, bag)
+        except (ValueError, TypeError):
+            return None
+    return None
+
+
+def _by_key_id(key_id: bytes, bag: list[x509.Certificate]) -> x509.Certificate | None:
+    for cert in bag:
+        try:
+            ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        except x509.ExtensionNotFound:
+            continue
+        if ski.value.digest == key_id:
+            return cert
+    return None
