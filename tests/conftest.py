@@ -1,7 +1,60 @@
-"""Shared fixtures: the corpus location, a loopback DNS server, generated PKI."""
+"""Shared fixtures: the corpus location, a loopback DNS server, settings and apps per test."""
 
-from tests.paths import require_shared
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from smime_collector.config import Settings
+from tests.dnsserver import LoopbackDNS, load_zone_file
+from tests.paths import SPARKY, require_shared
 
 
-def pytest_sessionstart(session) -> None:
+def pytest_sessionstart(session: pytest.Session) -> None:
     require_shared()
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[LoopbackDNS]:
+    """A real DNS server on 127.0.0.1 serving the Gmail key of the seed's messages."""
+    server = LoopbackDNS(load_zone_file(SPARKY / "dns-zone.txt"), ttl=300).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def dns(dns_server: LoopbackDNS) -> Iterator[LoopbackDNS]:
+    """The session DNS server, put back to normal answers after each test."""
+    dns_server.mode = "normal"
+    yield dns_server
+    dns_server.mode = "normal"
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, dns: LoopbackDNS) -> SettingsFactory:
+    """Settings for a test: its own folder, log and the loopback DNS; keys as in the INI file."""
+
+    def build(**overrides: str) -> Settings:
+        values = {
+            "x-messagesystems-webhook-token": "test-token",
+            "user-certs-dir": str(tmp_path / "certs"),
+            "log-file": str(tmp_path / "webapp.log"),
+            "dns-nameservers": dns.nameserver,
+            "dns-timeout": "1",
+        }
+        values.update({key.replace("_", "-"): value for key, value in overrides.items()})
+        return Settings.from_mapping(values, tmp_path, "test")
+
+    return build
+
+
+def write_ini(path: Path, values: dict[str, str]) -> Path:
+    """An INI file with a [webapp] section, for the CLI and gunicorn."""
+    lines = ["[webapp]", *(f"{key} = {value}" for key, value in values.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

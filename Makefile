@@ -1,0 +1,42 @@
+# The README's two commands: `make run` (service on 127.0.0.1:8855) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint format bench trust clean
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/gunicorn -c gunicorn.conf.py webapp:app
+
+test: $(BIN)/.installed node_modules/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run
+
+# Regenerate the email trust bundle from a newer certdata.txt: make trust CERTDATA=path VERSION=2.xx
+trust: $(BIN)/.installed
+	$(BIN)/python tools/certdata2pem.py $(CERTDATA) $(if $(VERSION),--builtins-version $(VERSION))
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

@@ -1,0 +1,35 @@
+"""gunicorn settings for smime-collector (``gunicorn -c gunicorn.conf.py webapp:app``).
+
+The seed's options, read from the environment so one file serves every deployment:
+``BIND`` (default 127.0.0.1:8855), ``WEB_CONCURRENCY`` workers (default 2), ``TLS_CERT`` and
+``TLS_KEY`` for HTTPS without a reverse proxy, ``ACCESS_LOG`` (default gunicorn-access.log,
+``-`` for stdout). The configuration is validated here, in the master, so a bad ``webapp.ini``
+stops start-up with one line instead of workers failing one after another.
+"""
+
+import os
+import sys
+
+from smime_collector.config import ConfigError, load_settings
+from smime_collector.trust import TrustError, load_anchors
+
+bind = os.environ.get("BIND", "127.0.0.1:8855")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "sync"
+# Below SparkPost's webhook timeout, so a stuck request fails here first and the relay retries.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "25"))
+graceful_timeout = 20
+keepalive = 5
+accesslog = os.environ.get("ACCESS_LOG", "gunicorn-access.log")
+errorlog = os.environ.get("ERROR_LOG", "-")
+certfile = os.environ.get("TLS_CERT") or None
+keyfile = os.environ.get("TLS_KEY") or None
+limit_request_line = 8190
+
+try:
+    _settings = load_settings()
+    load_anchors(list(_settings.trusted_certs))
+    _settings.user_certs_dir.mkdir(parents=True, exist_ok=True)
+except (ConfigError, TrustError, OSError) as exc:
+    print(f"smime-collector: configuration error: {exc}", file=sys.stderr)
+    sys.exit(2)
