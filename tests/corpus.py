@@ -6,7 +6,7 @@ import csv
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tests.paths import SPARKY, THUNDERBIRD
 
@@ -84,4 +84,4 @@ def thunderbird_rows() -> list[ThunderbirdRow]:
 
 
 def utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

@@ -18,10 +18,14 @@ from tests.paths import REPO
 TOKEN_HEADER = "X-MessageSystems-Webhook-Token"
 
 
-def relay_event(raw: bytes, *, as_base64: bool = False, msg_from: str = "sender@example.com") -> dict[str, Any]:
+def relay_event(
+    raw: bytes, *, as_base64: bool = False, msg_from: str = "sender@example.com"
+) -> dict[str, Any]:
     """One SparkPost relay event carrying ``raw`` the way SparkPost sends it."""
     content = (
-        base64.b64encode(raw).decode("ascii") if as_base64 else raw.decode("utf-8", "surrogateescape")
+        base64.b64encode(raw).decode("ascii")
+        if as_base64
+        else raw.decode("utf-8", "surrogateescape")
     )
     return {
         "msys": {

@@ -1,0 +1,76 @@
+"""Start and stop real gunicorn for end-to-end tests (127.0.0.1 only, stopped by pid)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.paths import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Gunicorn:
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def gunicorn_env(ini: Path, port: int, workers: int, folder: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "WEBAPP_INI": str(ini),
+        "BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": str(workers),
+        "ACCESS_LOG": str(folder / "access.log"),
+        "ERROR_LOG": str(folder / "gunicorn.log"),
+    }
+
+
+def start_gunicorn(
+    ini: Path, folder: Path, workers: int = 2, extra: tuple[str, ...] = ()
+) -> Gunicorn:
+    """Run ``gunicorn -c gunicorn.conf.py webapp:app`` from the repo, as ``make run`` does."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra, "webapp:app"],
+        cwd=REPO,
+        env=gunicorn_env(ini, port, workers, folder),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    server = Gunicorn(process, f"http://127.0.0.1:{port}/", folder / "gunicorn.log")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace")
+            raise RuntimeError(f"gunicorn exited with {process.returncode}: {output}")
+        try:
+            urllib.request.urlopen(server.url + "nonexistent", timeout=1)
+        except urllib.error.HTTPError:
+            return server  # any HTTP answer means a worker is serving
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError("gunicorn did not answer within 30 s")
