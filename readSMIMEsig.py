@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Command-line twin of the webhook: judge saved ``.eml`` files with the same pipeline.
+"""Command-line twin of the webhook: judge saved mail with the same pipeline.
 
-Exit codes: 0 all stored/unchanged, 1 any rejected, 75 any tempfail (EX_TEMPFAIL), 2 usage or
-configuration error.
+Takes ``.eml`` files, folders of them, mbox files and Maildir folders. Exit codes: 0 all
+stored/unchanged, 1 any rejected, 75 any tempfail (EX_TEMPFAIL), 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -11,16 +11,21 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 from smime_collector.config import ConfigError, Settings, load_settings
+from smime_collector.dnskeys import DNSTempError, KeyResolver
+from smime_collector.harvest import Source, collect
 from smime_collector.logsetup import get_logger
 from smime_collector.pipeline import Collector
-from smime_collector.trust import TrustError
+from smime_collector.trust import TrustError, load_anchors
 from smime_collector.verdict import Outcome, Verdict
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
+CHECK_DNS_NAME = "example.com"
 
 
 def read_smime_email(
@@ -42,16 +47,20 @@ def exit_code(verdicts: list[Verdict]) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="readSMIMEsig.py",
-        description="Collect S/MIME certificates from signed .eml files (DKIM + S/MIME checks).",
+        description="Collect S/MIME certificates from signed mail: .eml files, folders, "
+        "mbox files and Maildir folders (DKIM + S/MIME checks).",
         epilog="Exit: 0 all stored/unchanged, 1 any rejected, 75 any tempfail, 2 usage/config.",
     )
     parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="INI file (default: $WEBAPP_INI or ./webapp.ini)",
+        "--config", metavar="FILE", help="INI file (default: $WEBAPP_INI or ./webapp.ini)"
     )
-    parser.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
-    parser.add_argument("files", nargs="+", metavar="EMLFILE", help="message files to read")
+    parser.add_argument("--json", action="store_true", help="one JSON object per message")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration, trust anchors, folders and DNS, then exit",
+    )
+    parser.add_argument("files", nargs="*", metavar="EMLFILE", help="files, folders, mbox, Maildir")
     return parser
 
 
@@ -63,35 +72,42 @@ def load(config: str | None) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check_config:
+        return check_config(args.config, sys.stdout)
+    if not args.files:
+        parser.error("give at least one EMLFILE, folder, mbox or Maildir (or --check-config)")
     try:
         settings = load(args.config)
-        collector = Collector.build(
-            settings, get_logger("readSMIMEsig", settings.log_file, settings.log_level)
-        )
+        log = get_logger("readSMIMEsig", settings.log_file, settings.log_level)
+        collector = Collector.build(settings, log)
     except (ConfigError, TrustError, OSError) as exc:
         print(f"readSMIMEsig.py: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    sources = collect(args.files)
+    progress = Progress(len(sources)) if sys.stderr.isatty() and not args.json else None
     verdicts = []
-    for name in args.files:
-        verdict = judge_file(collector, Path(name))
+    for source in sources:
+        if progress:
+            progress.show(source.name)
+        verdict = judge(collector, source)
         verdicts.append(verdict)
-        report(name, verdict, args.json)
+        if progress:
+            progress.clear()
+        report(source.name, verdict, args.json)
+    if len(verdicts) > 1:
+        summary(verdicts, sys.stderr if args.json else sys.stdout)
     return exit_code(verdicts)
 
 
-def judge_file(collector: Collector, path: Path) -> Verdict:
-    collector.log.info("File %s", path)
+def judge(collector: Collector, source: Source) -> Verdict:
+    collector.log.info("File %s", source.name)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        return Verdict(
-            Outcome.REJECTED,
-            "malformed",
-            None,
-            None,
-            f"cannot read file: {exc.strerror}",
-        )
+        raw = source.read()
+    except (OSError, KeyError) as exc:
+        detail = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+        return Verdict(Outcome.REJECTED, "malformed", None, None, detail)
     return read_smime_email(raw, collector, datetime.now(UTC))
 
 
@@ -107,6 +123,84 @@ def report(name: str, verdict: Verdict, as_json: bool) -> None:
     elif verdict.detail:
         line += f": {verdict.detail}"
     print(line, flush=True)
+
+
+def summary(verdicts: list[Verdict], out: TextIO) -> None:
+    """Count per outcome and reason, most frequent first."""
+    counts = Counter((v.outcome.value, v.reason) for v in verdicts)
+    print(f"\nSummary: {len(verdicts)} messages", file=out)
+    print(f"  {'outcome':<10} {'reason':<18} {'count':>6}", file=out)
+    for (outcome, reason), count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  {outcome:<10} {reason:<18} {count:>6}", file=out)
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+
+    def show(self, name: str) -> None:
+        filled = self.WIDTH * self.done // self.total
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total} {name[-40:]:<40}")
+        sys.stderr.flush()
+        self.done += 1
+
+    def clear(self) -> None:
+        sys.stderr.write("\r" + " " * (self.WIDTH + 60) + "\r")
+        sys.stderr.flush()
+
+
+def check_config(config: str | None, out: TextIO) -> int:
+    """Say what is wrong with the configuration, one line per check; exit 0 only if all pass."""
+    try:
+        settings = load(config)
+    except ConfigError as exc:
+        print(f"FAIL config: {exc}", file=out)
+        return EXIT_USAGE
+    results = [("config", True, f"{settings.source} loaded")]
+    try:
+        anchors = load_anchors(list(settings.trusted_certs))
+        results.append(("trusted-certs", True, f"{len(anchors)} trust anchors loaded"))
+    except TrustError as exc:
+        results.append(("trusted-certs", False, str(exc)))
+    results.append(_check_writable("user-certs-dir", settings.user_certs_dir, folder=True))
+    results.append(_check_writable("log-file", settings.log_file, folder=False))
+    results.append(_check_dns(settings))
+    for key, ok, detail in results:
+        print(f"{'ok' if ok else 'FAIL'} {key}: {detail}", file=out)
+    return EXIT_OK if all(ok for _, ok, _ in results) else EXIT_USAGE
+
+
+def _check_writable(key: str, path: Path, folder: bool) -> tuple[str, bool, str]:
+    try:
+        if folder:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".check-config"
+            probe.write_bytes(b"")
+            probe.unlink()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a"):
+                pass
+    except OSError as exc:
+        return key, False, f"{path} is not writable: {exc.strerror or exc}"
+    return key, True, f"{path} is writable"
+
+
+def _check_dns(settings: Settings) -> tuple[str, bool, str]:
+    servers = ", ".join(f"{h}:{p}" for h, p in settings.dns_nameservers) or "system resolver"
+    resolver = KeyResolver(list(settings.dns_nameservers), settings.dns_timeout)
+    try:
+        answer = resolver.txt(CHECK_DNS_NAME)
+    except DNSTempError as exc:
+        return "dns-nameservers", False, f"{servers}: {exc}"
+    what = "a TXT record" if answer is not None else "no TXT record (the server answered)"
+    return "dns-nameservers", True, f"{servers} answered {CHECK_DNS_NAME} with {what}"
 
 
 if __name__ == "__main__":

@@ -10,14 +10,17 @@ import base64
 import binascii
 import hmac
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from smime_collector import __version__, metrics
 from smime_collector.config import Settings, load_settings
 from smime_collector.logsetup import get_logger
+from smime_collector.lookup import listing, parse_duration, stored_pem
 from smime_collector.pipeline import Collector
 from smime_collector.verdict import Outcome, Verdict
 
@@ -40,7 +43,45 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/")
     def relay() -> tuple[Response, int]:
-        return handle_relay(collector, settings)
+        start = time.perf_counter()
+        response, status = handle_relay(collector, settings)
+        metrics.REQUEST_SECONDS.observe(time.perf_counter() - start)
+        metrics.REQUESTS.labels(str(status)).inc()
+        return response, status
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        return health(collector)
+
+    @app.get("/metrics")
+    def metrics_route() -> Response | tuple[Response, int]:
+        if settings.metrics_token and not bearer_ok(settings.metrics_token):
+            return jsonify(message="Invalid or missing Authorization: Bearer token"), 401
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
+
+    @app.get("/certs")
+    def certs_list() -> tuple[Response, int]:
+        if denied := lookup_denied(settings):
+            return denied
+        expiring = request.args.get("expiring-within")
+        before = None
+        if expiring is not None:
+            window = parse_duration(expiring)
+            if window is None:
+                return jsonify(message="expiring-within must look like 30d, 12h or 90m"), 400
+            before = datetime.now(UTC) + window
+        entries = listing(collector.store, before)
+        return jsonify(certificates=[e.as_dict() for e in entries], count=len(entries)), 200
+
+    @app.get("/certs/<path:address>")
+    def certs_one(address: str) -> Response | tuple[Response, int]:
+        if denied := lookup_denied(settings):
+            return denied
+        pem = stored_pem(collector.store, address)
+        if pem is None:
+            return jsonify(message="No certificate stored for this address"), 404
+        return Response(pem, content_type="application/pem-certificate-chain")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -81,6 +122,39 @@ def handle_relay(collector: Collector, settings: Settings) -> tuple[Response, in
     return jsonify(message="OK", count=len(verdicts)), 200
 
 
+def bearer_ok(expected: str) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token_ok(token.strip(), expected)
+
+
+def lookup_denied(settings: Settings) -> tuple[Response, int] | None:
+    """Lookup routes exist only when a lookup-token is configured, and need it as Bearer."""
+    if not settings.lookup_token:
+        return jsonify(message="Not Found"), 404
+    if not bearer_ok(settings.lookup_token):
+        return jsonify(message="Invalid or missing Authorization: Bearer token"), 401
+    return None
+
+
+def health(collector: Collector) -> tuple[Response, int]:
+    """Readiness without secrets: anchors loaded, folder writable, version. No addresses."""
+    anchors = len(collector.anchors.current())
+    writable = collector.store.writable()
+    failing = [
+        name for name, ok in (("trust-anchors", anchors > 0), ("certs-dir", writable.ok)) if not ok
+    ]
+    body = {
+        "status": "fail" if failing else "ok",
+        "version": __version__,
+        "trust_anchors": anchors,
+        "certs_dir_writable": writable.ok,
+    }
+    if failing:
+        body["failing"] = failing
+        return jsonify(body), 503
+    return jsonify(body), 200
+
+
 def token_ok(sent: str | None, expected: str) -> bool:
     if not expected:
         return True
@@ -90,19 +164,13 @@ def token_ok(sent: str | None, expected: str) -> bool:
 def judge(
     collector: Collector, relay_message: dict[str, Any], raw: bytes, received: datetime
 ) -> Verdict:
-    """Run the pipeline for one message; an unexpected error costs this message, not the batch."""
     collector.log.info(
         "| msg_from=%s,rcpt_to=%s,len(email_rfc822)=%d",
         relay_message.get("msg_from"),
         relay_message.get("rcpt_to"),
         len(raw),
     )
-    try:
-        return collector.read_smime_email(raw, received)
-    except Exception:
-        collector.log.exception("| unexpected error while judging this message")
-        collector.log.info("| outcome=tempfail,reason=internal-error,email=None")
-        return Verdict(Outcome.TEMPFAIL, "internal-error")
+    return collector.read_smime_email(raw, received)
 
 
 def parse_batch(body: bytes) -> list[tuple[dict[str, Any], bytes]]:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from smime_collector import certpolicy
+from smime_collector import certpolicy, metrics
 from smime_collector.certstore import CertStore, unsafe_address
 from smime_collector.config import Settings
 from smime_collector.dkimcheck import check_dkim
@@ -52,8 +52,17 @@ class Collector:
         )
 
     def read_smime_email(self, raw: bytes, received_at: datetime | None = None) -> Verdict:
-        """Judge one message and store its sender's certificate when every check passes."""
-        verdict = self._judge(raw, received_at)
+        """Judge one message and store its sender's certificate when every check passes.
+
+        An unexpected error costs this message a ``tempfail`` (the relay retries), never the
+        worker or the rest of the batch.
+        """
+        try:
+            verdict = self._judge(raw, received_at)
+        except Exception:
+            self.log.exception("| unexpected error while judging this message")
+            verdict = Verdict(Outcome.TEMPFAIL, "internal-error", detail="see traceback in log")
+        metrics.record_verdict(verdict)
         self.log.info(
             "| outcome=%s,reason=%s,email=%s",
             verdict.outcome.value,
@@ -64,7 +73,8 @@ class Collector:
 
     def _judge(self, raw: bytes, received_at: datetime | None) -> Verdict:
         log = self.log.info
-        parsed = parse_message(raw)
+        with metrics.stage("parse"):
+            parsed = parse_message(raw)
         if isinstance(parsed, Check):
             return self._reject(parsed, None)
         address = parsed.from_address
@@ -80,12 +90,14 @@ class Collector:
             return self._reject(part, address)
         log("| filename=%s,bytes=%d", part.filename, len(part.cms_der))
         if self.settings.dkim == "require":
-            dkim = check_dkim(parsed, self.resolver, self.settings.dkim_alignment)
+            with metrics.stage("dkim"):
+                dkim = self._check_dkim(parsed)
             if not dkim.ok:
                 log("| from=%s,%s", address, dkim.detail)
                 return self._reject(dkim, address)
             log("| %s", dkim.detail)
-        signed = verify_signed_data(part)
+        with metrics.stage("cms"):
+            signed = verify_signed_data(part)
         if isinstance(signed, Check):
             return self._reject(signed, address)
         for cert in signed.certificates:
@@ -93,12 +105,22 @@ class Collector:
         at = self.settings.verify_time or received_at or datetime.now(UTC)
         failures: list[Check] = []
         for signer in signed.signers:
-            chosen = self._choose_certificate(signer, signed.certificates, parsed, at)
+            with metrics.stage("chain"):
+                chosen = self._choose_certificate(signer, signed.certificates, parsed, at)
             if isinstance(chosen, Check):
                 failures.append(chosen)
                 continue
-            return self._store(address, chosen)
+            with metrics.stage("store"):
+                return self._store(address, chosen)
         return self._reject((failures or signed.failures)[0], address)
+
+    def _check_dkim(self, parsed: ParsedMessage) -> Check:
+        stats = self.resolver.stats
+        lookups, hits = stats.lookups, stats.cache_hits
+        check = check_dkim(parsed, self.resolver, self.settings.dkim_alignment)
+        metrics.DNS_LOOKUPS.inc(stats.lookups - lookups)
+        metrics.DNS_CACHE_HITS.inc(stats.cache_hits - hits)
+        return check
 
     def _choose_certificate(
         self,
