@@ -10,6 +10,7 @@ import base64
 import binascii
 import hmac
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +37,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     log = get_logger("webapp", settings.log_file, settings.log_level)
     collector = Collector.build(settings, log)
     if not settings.webhook_token:
-        log.warning("x-messagesystems-webhook-token is EMPTY: anyone can post to this webhook")
+        warning = "x-messagesystems-webhook-token is EMPTY: anyone can post to this webhook"
+        log.warning(warning)
+        print(f"WARNING: {warning}", file=sys.stderr)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["collector"] = collector

@@ -176,7 +176,7 @@ def _octets(value: asn1.Asn1Value) -> bytes:
 
 def _certificates(signed: cms.SignedData) -> list[x509.Certificate] | Check:
     bag = signed["certificates"]
-    if bag.native is None:
+    if isinstance(bag, asn1.Void):
         return []
     if len(bag) > MAX_CERTIFICATES:
         return Check.fail("malformed", f"more certificates than the bound of {MAX_CERTIFICATES}")
@@ -223,9 +223,15 @@ def _verify_signer_info(
         check = _check_attributes(values, content, content_type, hash_cls)
         if not check.ok:
             return check
-        signed_bytes = attrs.untag().dump(force=True)
+        signed_bytes = attrs.untag().dump()  # as received, re-tagged as a SET OF
     algorithm = info["signature_algorithm"]
-    check = _verify_signature(cert, algorithm, info["signature"].native, signed_bytes, hash_cls)
+    signature = info["signature"].native
+    check = _verify_signature(cert, algorithm, signature, signed_bytes, hash_cls)
+    if not check.ok and values:
+        # RFC 5652 §5.4: the signature covers the DER encoding; re-encode when received as BER.
+        canonical = attrs.untag().dump(force=True)
+        if canonical != signed_bytes:
+            check = _verify_signature(cert, algorithm, signature, canonical, hash_cls)
     if not check.ok:
         return check
     preference = _encryption_preference(values, bag)
@@ -324,10 +330,13 @@ def _by_issuer_serial(
 ) -> x509.Certificate | None:
     issuer = ref["issuer"]
     serial = ref["serial_number"].native
-    for cert in bag:
-        if cert.serial_number != serial:
-            continue
-        # asn1crypto compares names as RFC 5280 says: string types and case folded.
+    candidates = [cert for cert in bag if cert.serial_number == serial]
+    encoded = issuer.dump()
+    for cert in candidates:
+        if cert.issuer.public_bytes() == encoded:
+            return cert
+    for cert in candidates:
+        # Same name, other encoding: compare as RFC 5280 says (string types, case folded).
         if asn1_x509.Name.load(cert.issuer.public_bytes()) == issuer:
             return cert
     return None

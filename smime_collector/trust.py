@@ -80,10 +80,9 @@ def _load_sidecar(path: Path) -> dict[str, datetime]:
 class TrustAnchors:
     """The process-wide anchors; ``current()`` reloads when a bundle's mtime or size changes."""
 
-    CHECK_INTERVAL = 2.0
-
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], check_interval: float = 2.0) -> None:
         self.paths = paths
+        self.check_interval = check_interval
         self._lock = threading.Lock()
         self._stamp = self._stat()
         self._anchors = load_anchors(paths)
@@ -102,7 +101,7 @@ class TrustAnchors:
 
     def current(self) -> Anchors:
         now = time.monotonic()
-        if now - self._checked < self.CHECK_INTERVAL:
+        if now - self._checked < self.check_interval:
             return self._anchors
         with self._lock:
             self._checked = now
