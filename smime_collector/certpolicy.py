@@ -10,6 +10,7 @@ must allow email protection.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import (
+    ClientVerifier,
     Criticality,
     ExtensionPolicy,
     Policy,
@@ -124,15 +126,21 @@ def check_key_strength(c: Candidate) -> Check:
     return Check.passed("key size acceptable")
 
 
-def check_chain(c: Candidate) -> Check:
-    verifier = (
+@functools.lru_cache(maxsize=8)
+def _verifier(anchors: Anchors, at: datetime) -> ClientVerifier:
+    """Verifiers are immutable; one per anchor snapshot and second serves every message."""
+    return (
         PolicyBuilder()
-        .store(c.anchors.store)
-        .time(c.at)
+        .store(anchors.store)
+        .time(at)
         .max_chain_depth(MAX_CHAIN_DEPTH)
         .extension_policies(ca_policy=CA_POLICY, ee_policy=EE_POLICY)
         .build_client_verifier()
     )
+
+
+def check_chain(c: Candidate) -> Check:
+    verifier = _verifier(c.anchors, c.at.replace(microsecond=0))
     try:
         chain = verifier.verify(c.cert, [cert for cert in c.bag if cert != c.cert]).chain
     except VerificationError as exc:

@@ -34,7 +34,7 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: one snapshot per load
 class Anchors:
     """An immutable snapshot: the roots, a ready verifier store and the distrust-after dates."""
 
