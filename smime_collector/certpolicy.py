@@ -163,11 +163,24 @@ def _explain_chain_failure(c: Candidate, message: str) -> Check:
         if f"{code}:" in message:
             return Check.fail(code, message.split(f"{code}:", 1)[1].split(")")[0].strip())
     if "validation time" in message:
-        for cert in c.bag:
+        for cert in _issuers_above(c):
             check = _validity(cert, c.at, f"issuer {_common_name(cert)}")
             if not check.ok:
                 return check
     return Check.fail("untrusted", f"no trusted chain: {message}")
+
+
+def _issuers_above(c: Candidate) -> list[x509.Certificate]:
+    """Every certificate that may sit above ``c.cert``, matched by name, from the message and
+    the anchors: an expired root counts, an unrelated certificate sent along does not."""
+    pool = [*c.bag, *c.anchors.roots]
+    found: list[x509.Certificate] = []
+    names = {c.cert.issuer}
+    while names:
+        above = [cert for cert in pool if cert.subject in names and cert not in found]
+        found.extend(above)
+        names = {cert.issuer for cert in above}
+    return found
 
 
 def emails_of(cert: x509.Certificate) -> list[str]:

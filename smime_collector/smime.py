@@ -35,6 +35,7 @@ NOT_SIGNED_TYPES = {
     "certs-only",
     "compressed-data",
 }
+SMIME_ENCRYPTION_KEY_PREFERENCE = "1.2.840.113549.1.9.16.2.11"
 MS_ENCRYPTION_KEY_PREFERENCE = "1.3.6.1.4.1.311.16.4"
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -45,6 +46,25 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha512": hashes.SHA512,
 }
 WEAK_DIGESTS = {"sha1"}
+
+
+class _RecipientKeyIdentifier(asn1.Sequence):
+    _fields = [
+        ("subject_key_identifier", asn1.OctetString),
+        ("date", asn1.GeneralizedTime, {"optional": True}),
+        ("other", asn1.Any, {"optional": True}),
+    ]
+
+
+class _EncryptionKeyPreference(asn1.Choice):
+    """RFC 8551 SMIMEEncryptionKeyPreference. asn1crypto's own spec types subjectAltKeyIdentifier
+    as a PublicKeyInfo, so a correct [2] OCTET STRING fails to parse with it."""
+
+    _alternatives = [
+        ("issuer_and_serial_number", cms.IssuerAndSerialNumber, {"implicit": 0}),
+        ("recipient_key_id", _RecipientKeyIdentifier, {"implicit": 1}),
+        ("subject_alt_key_identifier", asn1.OctetString, {"implicit": 2}),
+    ]
 
 
 @dataclass
@@ -143,6 +163,9 @@ def verify_signed_data(part: SignedPart) -> SignedData | Check:
         certificates = _certificates(signed)
         if isinstance(certificates, Check):
             return certificates
+        signer_infos = list(signed["signer_infos"])
+        if not signer_infos:  # before the content: certs-only has none, signed or not
+            return Check.fail("not-signed", "signed data with no signer (certs-only)")
         encap = signed["encap_content_info"]
         if part.kind == "detached":
             content = part.content or b""
@@ -151,11 +174,8 @@ def verify_signed_data(part: SignedPart) -> SignedData | Check:
             if econtent.native is None:
                 return Check.fail("malformed", "opaque signed data without encapsulated content")
             content = _octets(econtent)
-        signer_infos = list(signed["signer_infos"])
     except (ValueError, TypeError, KeyError) as exc:
         return Check.fail("bad-signature", f"CMS structure cannot be parsed: {exc}")
-    if not signer_infos:
-        return Check.fail("not-signed", "signed data with no signer (certs-only)")
     if len(signer_infos) > MAX_SIGNERS:
         return Check.fail("malformed", f"more signers than the bound of {MAX_SIGNERS}")
     result = SignedData(certificates)
@@ -211,6 +231,10 @@ def _verify_signer_info(
     hash_cls = _HASHES.get(digest_name)
     if hash_cls is None:
         return Check.fail("weak-algorithm", f"digest algorithm {digest_name} is not accepted")
+    algorithm = info["signature_algorithm"]
+    signature_hash = _signature_hash(algorithm, digest_name)
+    if signature_hash not in _HASHES:
+        return Check.fail("weak-algorithm", f"signature hash {signature_hash} is not accepted")
     cert = find_certificate(info["sid"], bag)
     if cert is None:
         return Check.fail("no-certificate", "the signer's certificate is not in the message")
@@ -219,12 +243,13 @@ def _verify_signer_info(
         signed_bytes = content
         values: dict[str, asn1.Asn1Value] = {}
     else:
-        values = {attr["type"].dotted: attr["values"][0] for attr in attrs}
+        # Each attribute's SET OF values, parsed only where read: asn1crypto's spec for some
+        # attributes is wrong, and an attribute nobody reads must not break the signature.
+        values = {attr["type"].dotted: attr["values"] for attr in attrs}
         check = _check_attributes(values, content, content_type, hash_cls)
         if not check.ok:
             return check
         signed_bytes = attrs.untag().dump()  # as received, re-tagged as a SET OF
-    algorithm = info["signature_algorithm"]
     signature = info["signature"].native
     check = _verify_signature(cert, algorithm, signature, signed_bytes, hash_cls)
     if not check.ok and values:
@@ -235,7 +260,10 @@ def _verify_signer_info(
     if not check.ok:
         return check
     preference = _encryption_preference(values, bag)
-    return Signer(cert, digest_name, check.detail, preference)
+    # The weak-digest policy must also see a weak hash named by the signature algorithm
+    # (sha1WithRSAEncryption under a SHA-256 digestAlgorithm).
+    weakest = signature_hash if signature_hash in WEAK_DIGESTS else digest_name
+    return Signer(cert, weakest, check.detail, preference)
 
 
 def _check_attributes(
@@ -248,10 +276,10 @@ def _check_attributes(
     digest = values.get("1.2.840.113549.1.9.4")
     if declared is None or digest is None:
         return Check.fail("bad-signature", "signed attributes lack contentType or messageDigest")
-    if declared.dotted != content_type:
+    if declared[0].dotted != content_type:
         return Check.fail("bad-signature", "contentType attribute does not match the content")
     computed = hashlib.new(hash_cls.name, content).digest()
-    if digest.native != computed:
+    if digest[0].native != computed:
         return Check.fail(
             "bad-signature", "messageDigest does not match the signed content (altered)"
         )
@@ -286,6 +314,14 @@ def _verify_signature(
     except (ValueError, UnsupportedAlgorithm) as exc:
         return Check.fail("bad-signature", f"the signature cannot be checked: {exc}")
     return Check.passed(family)
+
+
+def _signature_hash(algorithm: cms.SignedDigestAlgorithm, digest_name: str) -> str:
+    """The hash the signature algorithm uses: named by a combined OID, else the digest's."""
+    try:
+        return algorithm.hash_algo
+    except ValueError:
+        return digest_name
 
 
 def _hash(
@@ -345,19 +381,24 @@ def _by_issuer_serial(
 def _encryption_preference(
     values: dict[str, asn1.Asn1Value], bag: list[x509.Certificate]
 ) -> x509.Certificate | None:
-    """The certificate named by SMIMEEncryptionKeyPreference (RFC 8551) or Microsoft's twin."""
-    standard = values.get("1.2.840.113549.1.9.16.2.11")
-    if standard is not None and standard.name == "issuer_and_serial_number":
-        return _by_issuer_serial(standard.chosen, bag)
-    if standard is not None and standard.name == "subject_alt_key_identifier":
-        return _by_key_id(standard.chosen.native, bag)
-    microsoft = values.get(MS_ENCRYPTION_KEY_PREFERENCE)
-    if microsoft is not None:
-        try:
-            ref = cms.IssuerAndSerialNumber.load(microsoft.dump())
-            return _by_issuer_serial(ref, bag)
-        except (ValueError, TypeError):
-            return None
+    """The certificate named by SMIMEEncryptionKeyPreference (RFC 8551) or Microsoft's twin.
+
+    The signature has verified by now: a preference that cannot be parsed is ignored.
+    """
+    try:
+        standard = values.get(SMIME_ENCRYPTION_KEY_PREFERENCE)
+        if standard is not None:
+            preference = _EncryptionKeyPreference.load(standard.contents)
+            if preference.name == "issuer_and_serial_number":
+                return _by_issuer_serial(preference.chosen, bag)
+            if preference.name == "recipient_key_id":
+                return _by_key_id(preference.chosen["subject_key_identifier"].native, bag)
+            return _by_key_id(preference.chosen.native, bag)
+        microsoft = values.get(MS_ENCRYPTION_KEY_PREFERENCE)
+        if microsoft is not None:
+            return _by_issuer_serial(cms.IssuerAndSerialNumber.load(microsoft.contents), bag)
+    except (ValueError, TypeError, KeyError):
+        return None
     return None
 
 
