@@ -26,6 +26,9 @@ from smime_collector.verdict import Check
 MAX_ADDRESS_LENGTH = 254
 HISTORY = ".history"
 LOCKS = ".locks"
+MAX_NAME_BYTES = 255  # NAME_MAX: the longest file name (in bytes) Linux file systems take
+#: The longest name made from an address: ``.history/<address>.<SHA-256 hex>.crt``.
+MAX_ADDRESS_BYTES = MAX_NAME_BYTES - len(".") - 64 - len(".crt")
 
 
 def unsafe_address(address: str) -> str | None:
@@ -37,6 +40,13 @@ def unsafe_address(address: str) -> str | None:
     for ch in address:
         if ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F:
             return f"address contains the character {ch!r}"
+    try:
+        size = len(address.lower().encode("utf-8"))
+    except UnicodeEncodeError:
+        return "address is not valid Unicode text"
+    if size > MAX_ADDRESS_BYTES:
+        # Longer names fail with ENAMETOOLONG: a tempfail the relay would retry for ever.
+        return f"address is longer than the {MAX_ADDRESS_BYTES} bytes a file name allows"
     return None
 
 

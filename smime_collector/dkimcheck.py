@@ -16,7 +16,7 @@ from dkim.canonicalization import (
 )
 
 from smime_collector.dnskeys import DNSTempError, KeyResolver
-from smime_collector.message import ParsedMessage
+from smime_collector.message import ParsedMessage, parse_message
 from smime_collector.verdict import Check
 
 MIN_KEY_BITS = 1024
@@ -47,6 +47,13 @@ def check_dkim(msg: ParsedMessage, resolver: KeyResolver, alignment: str) -> Che
         verifier = dkim.DKIM(msg.raw, minkey=MIN_KEY_BITS)
     except dkim.DKIMException as exc:
         return Check.fail("dkim-invalid", f"DKIM FAIL: headers cannot be parsed: {exc}")
+    problem = _from_differs(verifier, msg)
+    if problem:
+        return Check.fail("malformed", f"DKIM FAIL: {problem}")
+    # dkimpy numbers the signatures in its own header list, which is the one to count.
+    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
+    if count == 0:
+        return Check.fail("dkim-missing", "DKIM FAIL: the message has no DKIM-Signature")
     results = [_check_one(verifier, idx, msg, resolver, alignment) for idx in range(count)]
     for result in results:
         if result.check.ok:
@@ -57,6 +64,18 @@ def check_dkim(msg: ParsedMessage, resolver: KeyResolver, alignment: str) -> Che
     misaligned = [r for r in results if r.check.reason == "dkim-misaligned"]
     chosen = misaligned[0] if misaligned else results[0]
     return chosen.check
+
+
+def _from_differs(verifier: dkim.DKIM, msg: ParsedMessage) -> str | None:
+    """dkimpy splits headers itself (bare CR is no line end to it, but is to ``email``): the
+    From: it verifies must be the one From: the rest of the pipeline trusts."""
+    values = [value for name, value in verifier.headers if name.lower() == b"from"]
+    if len(values) != 1:
+        return f"DKIM sees {len(values)} From: headers where the message parser sees one"
+    seen = parse_message(b"From:" + values[0] + b"\r\n")
+    if not isinstance(seen, ParsedMessage) or seen.from_address != msg.from_address:
+        return "the From: header DKIM verifies is not the one the message parser reads"
+    return None
 
 
 def _check_one(
