@@ -6,6 +6,7 @@ store. Each stage answers with a :class:`Check`; the first failure decides the v
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -189,25 +190,25 @@ class Collector:
 
 def log_certificate(log: logging.Logger, cert: x509.Certificate) -> None:
     """One line per certificate in the seed's format, then key and fingerprint details."""
-    if not log.isEnabledFor(logging.INFO):
-        return
+    if log.isEnabledFor(logging.INFO):
+        for line in describe_certificate(cert):
+            log.info("%s", line)
+
+
+@functools.lru_cache(maxsize=1024)
+def describe_certificate(cert: x509.Certificate) -> tuple[str, str]:
+    """The log lines for a certificate; issuers recur in every message, so they are kept."""
     emails = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
     issuer = {attr.oid._name: str(attr.value) for attr in cert.issuer}
     digest = cert.signature_hash_algorithm.name if cert.signature_hash_algorithm else None
-    log.info(
-        "| Certificate: subject email_address=%s,not_valid_before=%s,not_valid_after=%s,"
-        "hash_algorithm=%s,key_size=%d bits, issuer=%s",
-        emails,
-        cert.not_valid_before_utc.strftime("%Y-%m-%d %H:%M:%S"),
-        cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S"),
-        digest,
-        certpolicy.key_bits(cert),
-        issuer,
+    seed_line = (
+        f"| Certificate: subject email_address={emails},"
+        f"not_valid_before={cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S},"
+        f"not_valid_after={cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S},"
+        f"hash_algorithm={digest},key_size={certpolicy.key_bits(cert)} bits, issuer={issuer}"
     )
-    log.info(
-        "|   key_type=%s,emails=%s,serial=%x,sha256=%s",
-        certpolicy.key_type(cert),
-        certpolicy.emails_of(cert),
-        cert.serial_number,
-        fingerprint(cert),
+    detail_line = (
+        f"|   key_type={certpolicy.key_type(cert)},emails={certpolicy.emails_of(cert)},"
+        f"serial={cert.serial_number:x},sha256={fingerprint(cert)}"
     )
+    return seed_line, detail_line
