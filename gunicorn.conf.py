@@ -36,7 +36,6 @@ keyfile = os.environ.get("TLS_KEY") or None
 limit_request_line = 8190
 
 
-
 def child_exit(server, worker):
     from smime_collector.metrics import worker_exited
 

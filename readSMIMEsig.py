@@ -162,7 +162,11 @@ def check_config(config: str | None, out: TextIO) -> int:
     except ConfigError as exc:
         print(f"FAIL config: {exc}", file=out)
         return EXIT_USAGE
-    results = [("config", True, f"{settings.source} loaded")]
+    unknown = ", ".join(settings.unknown_keys)  # a misspelt key silently keeps its default
+    if unknown:
+        results = [("config", False, f"{settings.source}: unknown keys, ignored: {unknown}")]
+    else:
+        results = [("config", True, f"{settings.source} loaded")]
     try:
         anchors = load_anchors(list(settings.trusted_certs))
         results.append(("trusted-certs", True, f"{len(anchors)} trust anchors loaded"))

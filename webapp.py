@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/metrics")
     def metrics_route() -> Response | tuple[Response, int]:
         if settings.metrics_token and not bearer_ok(settings.metrics_token):
-            return jsonify(message="Invalid or missing Authorization: Bearer token"), 401
+            return bearer_denied()
         body, content_type = metrics.exposition()
         return Response(body, content_type=content_type)
 
@@ -135,8 +135,15 @@ def lookup_denied(settings: Settings) -> tuple[Response, int] | None:
     if not settings.lookup_token:
         return jsonify(message="Not Found"), 404
     if not bearer_ok(settings.lookup_token):
-        return jsonify(message="Invalid or missing Authorization: Bearer token"), 401
+        return bearer_denied()
     return None
+
+
+def bearer_denied() -> tuple[Response, int]:
+    """401 with the challenge HTTP requires of every 401 (RFC 9110 section 11.6.1)."""
+    response = jsonify(message="Invalid or missing Authorization: Bearer token")
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response, 401
 
 
 def health(collector: Collector) -> tuple[Response, int]:
@@ -188,6 +195,8 @@ def parse_batch(body: bytes) -> list[tuple[dict[str, Any], bytes]]:
         raise BadRequest(
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno}"
         ) from None
+    except RecursionError:  # json raises it for deeply nested arrays or objects
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
     if not isinstance(batch, list):
         raise BadRequest("request body must be a JSON array of relay events")
     return [_relay_content(item, f"[{i}]") for i, item in enumerate(batch)]
@@ -216,7 +225,12 @@ def _relay_content(item: Any, where: str) -> tuple[dict[str, Any], bytes]:
     if not isinstance(is_base64, bool):
         raise BadRequest(f"{where}.email_rfc822_is_base64 must be a boolean")
     if not is_base64:
-        return relay, email.encode("utf-8", "surrogateescape")
+        try:
+            return relay, email.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError as exc:  # a \ud800-style escape no bytes can stand for
+            raise BadRequest(
+                f"{where}.email_rfc822 holds a lone surrogate at character {exc.start}"
+            ) from None
     try:
         return relay, base64.b64decode("".join(email.split()), validate=True)
     except (binascii.Error, ValueError):

@@ -32,16 +32,17 @@ def is_mbox(path: Path) -> bool:
 def collect(paths: list[str]) -> list[Source]:
     """Expand command-line paths into messages, in a stable order."""
     sources: list[Source] = []
+    boxes = _MboxFiles()
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            sources.extend(_folder(path))
+            sources.extend(_folder(path, boxes))
         else:
-            sources.extend(_file(path, name))
+            sources.extend(_file(path, name, boxes))
     return sources
 
 
-def _folder(path: Path) -> Iterator[Source]:
+def _folder(path: Path, boxes: _MboxFiles) -> Iterator[Source]:
     if is_maildir(path):
         yield from _maildir(path)
         return
@@ -52,14 +53,13 @@ def _folder(path: Path) -> Iterator[Source]:
             dirs.remove(child)
             yield from _maildir(here / child)
         for file in sorted(f for f in files if not f.startswith(".")):
-            yield from _file(here / file, str(here / file))
+            yield from _file(here / file, str(here / file), boxes)
 
 
-def _file(path: Path, name: str) -> Iterator[Source]:
+def _file(path: Path, name: str, boxes: _MboxFiles) -> Iterator[Source]:
     if is_mbox(path):
-        box = mailbox.mbox(path, create=False)
-        for number, key in enumerate(box.keys(), 1):
-            yield Source(f"{name}#{number}", _reader(box, key))
+        for number, key in enumerate(boxes.keys(path), 1):
+            yield Source(f"{name}#{number}", boxes.reader(path, key))
         return
     yield Source(name, path.read_bytes)
 
@@ -72,3 +72,33 @@ def _maildir(path: Path) -> Iterator[Source]:
 
 def _reader(box: mailbox.Mailbox, key: str) -> Callable[[], bytes]:
     return lambda: box.get_bytes(key)
+
+
+class _MboxFiles:
+    """Opens an mbox file when one of its messages is read, and keeps only that one open.
+
+    Keeping every mbox of a large folder open runs out of file descriptors (EMFILE), and the
+    files after that were then judged as unreadable single messages.
+    """
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+        self._box: mailbox.mbox | None = None
+
+    @staticmethod
+    def keys(path: Path) -> list[str]:
+        box = mailbox.mbox(path, create=False)
+        try:
+            return box.keys()
+        finally:
+            box.close()
+
+    def reader(self, path: Path, key: str) -> Callable[[], bytes]:
+        return lambda: self._open(path).get_bytes(key)
+
+    def _open(self, path: Path) -> mailbox.mbox:
+        if self._path != path:
+            if self._box is not None:
+                self._box.close()
+            self._box, self._path = mailbox.mbox(path, create=False), path
+        return self._box

@@ -7,9 +7,10 @@ prometheus_client keep values in per-process files that ``/metrics`` adds up.
 
 from __future__ import annotations
 
+import glob
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from prometheus_client import (
@@ -21,6 +22,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 from smime_collector.verdict import Outcome, Verdict
 
@@ -56,11 +58,35 @@ def stage(name: str) -> Iterator[None]:
         STAGE_SECONDS.labels(name).observe(time.perf_counter() - start)
 
 
+class WorkerFiles:
+    """``MultiProcessCollector`` over the per-process files, leaving out empty ones.
+
+    prometheus_client creates a process's file before sizing it, so for a moment (for good, if
+    the process dies in that moment) it is empty, and reading it raises ``struct.error`` and
+    fails the whole scrape (prometheus/client_python#1199). An empty file holds no values, so
+    leaving it out changes no sum.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for name in glob.glob(os.path.join(self.path, "*.db")):
+            try:
+                if os.path.getsize(name) > 0:
+                    files.append(name)
+            except OSError:
+                continue
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+
+
 def exposition() -> tuple[bytes, str]:
     """The text format, summed over all worker processes when in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        registry.register(WorkerFiles(path))
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
