@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"readSMIMEsig.py: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     sources = collect(args.files)
-    progress = Progress(len(sources)) if sys.stderr.isatty() and not args.json else None
+    if not sources:
+        print("readSMIMEsig.py: no messages found", file=sys.stderr)
+    interactive = sys.stderr.isatty() and sys.stdout.isatty() and not args.json
+    progress = Progress(len(sources)) if interactive else None
     verdicts = []
     for source in sources:
         if progress:

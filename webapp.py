@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from smime_collector import __version__, metrics
@@ -46,11 +46,19 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.post("/")
     def relay() -> tuple[Response, int]:
-        start = time.perf_counter()
-        response, status = handle_relay(collector, settings)
-        metrics.REQUEST_SECONDS.observe(time.perf_counter() - start)
-        metrics.REQUESTS.labels(str(status)).inc()
-        return response, status
+        return handle_relay(collector, settings)
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count_relay_request(response: Response) -> Response:
+        """Every answer to the relay counts, error handlers' (413, 503) included."""
+        if request.path == "/" and request.method == "POST":
+            metrics.REQUEST_SECONDS.observe(time.perf_counter() - g.get("started", 0.0))
+            metrics.REQUESTS.labels(str(response.status_code)).inc()
+        return response
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:

@@ -412,14 +412,14 @@ def test_progress_bar_on_a_terminal(tmp_path, ini) -> None:
     assert shown.count("Maildir:") >= 3  # the result lines are there too
 
 
-def test_progress_bar_stays_out_of_piped_stdout(tmp_path, ini) -> None:
+def test_no_progress_bar_when_stdout_is_piped(tmp_path, ini) -> None:
     make_maildir(tmp_path / "Maildir", ["bob", "no-dkim"])
     code, shown, piped = run_in_terminal(
         ["--config", str(ini), "Maildir"], tmp_path, stdout_piped=True
     )
     assert code == 1
-    assert BAR.search(shown)  # the person at the terminal sees progress on stderr ...
-    assert "\r" not in piped and "[" not in piped  # ... the file or pipe gets clean lines
+    assert not BAR.search(shown)  # piped output means a script is reading: no bar at all
+    assert "\r" not in piped and "[" not in piped  # the pipe gets clean lines
     assert summary_counts(piped)[0][2] == 1
 
 

@@ -159,3 +159,21 @@ def test_body_over_the_limit_is_413(make_settings) -> None:
     response = _post(client, json.dumps([relay_event(BOB.raw)]))
     assert response.status_code == 413
     assert "message" in response.get_json()
+
+
+def _requests_with_status(status: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("smime_requests_total", {"status": status}) or 0.0
+
+
+def test_every_relay_answer_is_counted_in_metrics(make_settings) -> None:
+    """Answers from error handlers (413) count like the others: metrics follow the status."""
+    client = create_app(make_settings(max_request_bytes="1000")).test_client()
+    before = {s: _requests_with_status(s) for s in ("200", "401", "413")}
+    assert _post(client, "[]").status_code == 200
+    assert _post(client, "[]", token="wrong").status_code == 401
+    assert _post(client, json.dumps([relay_event(BOB.raw)])).status_code == 413
+    client.get("/healthz")
+    for status in before:
+        assert _requests_with_status(status) == before[status] + 1, status
