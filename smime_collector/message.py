@@ -12,17 +12,33 @@ import binascii
 import quopri
 import re
 from dataclasses import dataclass, field
+from email.header import Header
 from email.message import Message
 from email.parser import BytesHeaderParser
-from email.policy import compat32, default
+from email.policy import Compat32, default
 
 from smime_collector.verdict import Check
 
 MAX_PARTS = 1000
 MAX_DEPTH = 20
+#: Longest From:, Content-Type or Content-Disposition value that is parsed: the ``email``
+#: package takes time quadratic in their length (seconds for a few hundred kilobytes).
+MAX_HEADER_LENGTH = 2000
 
 _LINE_END = re.compile(rb"\r?\n")
 _HEADER_END = b"\r\n\r\n"
+_FOLDS = re.compile(r"[\r\n]+")
+
+
+class _Unfolded(Compat32):
+    """compat32, but header values come back unfolded (RFC 5322 section 2.2.3): a folded
+    header must not put a line break into a log line, a file name or a parameter."""
+
+    def header_fetch_parse(self, name: str, value: str) -> str | Header:
+        return super().header_fetch_parse(name, _FOLDS.sub("", value))
+
+
+_POLICY = _Unfolded()
 
 
 class MalformedMessage(Exception):
@@ -50,7 +66,7 @@ class Entity:
             head, body = raw, b""
         else:
             head, body = raw[: cut + 2], raw[cut + 4 :]
-        headers = BytesHeaderParser(policy=compat32).parsebytes(head + b"\r\n")
+        headers = BytesHeaderParser(policy=_POLICY).parsebytes(head + b"\r\n")
         return cls(raw, headers, body, depth)
 
     @property
@@ -58,6 +74,7 @@ class Entity:
         return self.headers.get_content_type()
 
     def param(self, name: str) -> str | None:
+        self._bound("content-type")
         value = self.headers.get_param(name, header="content-type")
         if isinstance(value, tuple):  # RFC 2231 encoded parameter
             value = value[2]
@@ -65,10 +82,18 @@ class Entity:
 
     @property
     def filename(self) -> str | None:
+        self._bound("content-disposition")
         name = self.headers.get_param("filename", header="content-disposition")
         if isinstance(name, tuple):
             name = name[2]
         return str(name) if name is not None else self.param("name")
+
+    def _bound(self, header: str) -> None:
+        value = self.headers.get(header)
+        if value is not None and len(str(value)) > MAX_HEADER_LENGTH:
+            raise MalformedMessage(
+                f"{header} header longer than the bound of {MAX_HEADER_LENGTH} characters"
+            )
 
     def decoded(self) -> bytes:
         """The body with its Content-Transfer-Encoding undone."""
@@ -166,6 +191,10 @@ def parse_message(raw: bytes) -> ParsedMessage | Check:
 
 
 def _single_address(value: str) -> str | Check:
+    if len(value) > MAX_HEADER_LENGTH:
+        return Check.fail(
+            "malformed", f"From: header longer than the bound of {MAX_HEADER_LENGTH} characters"
+        )
     try:
         header = default.header_factory("from", value)
         addresses = header.addresses
