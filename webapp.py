@@ -32,10 +32,11 @@ class BadRequest(Exception):
     """The relay request is not what SparkPost sends; the message names the field."""
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, collector: Collector | None = None) -> Flask:
+    """The app for ``settings`` (default: the INI file); ``collector`` replaces the pipeline."""
     settings = settings or load_settings()
     log = get_logger("webapp", settings.log_file, settings.log_level)
-    collector = Collector.build(settings, log)
+    collector = collector or Collector.build(settings, log)
     if not settings.webhook_token:
         warning = "x-messagesystems-webhook-token is EMPTY: anyone can post to this webhook"
         log.warning(warning)

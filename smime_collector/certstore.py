@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from smime_collector.trust import fingerprint
+from smime_collector.trust import CORRUPT_CERTIFICATE, fingerprint
 from smime_collector.verdict import Check
 
 MAX_ADDRESS_LENGTH = 254
@@ -80,7 +80,7 @@ class CertStore:
             data = handle.read()
         try:
             return x509.load_pem_x509_certificate(data)
-        except ValueError:
+        except CORRUPT_CERTIFICATE:
             return None  # a damaged file is replaced by a good certificate, never trusted
 
     def save(self, address: str, cert: x509.Certificate) -> StoreResult:

@@ -8,7 +8,9 @@ Relative paths are resolved against the folder of the INI file that names them.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,8 +186,20 @@ def _nameservers(raw: str, source: str) -> tuple[tuple[str, int], ...]:
             port = int(port_text)
         if not host:
             raise ConfigError(f"{source}: dns-nameservers has an empty host in {item!r}")
-        servers.append((host, port))
+        servers.append((_ip_address(host, source), port))
     return tuple(servers)
+
+
+def _ip_address(host: str, source: str) -> str:
+    """The resolver needs addresses: a name such as ``localhost`` is resolved once, here."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.getaddrinfo(host, 53, proto=socket.IPPROTO_UDP)[0][4][0]
+    except OSError:
+        raise ConfigError(f"{source}: dns-nameservers host {host!r} does not resolve") from None
 
 
 def _instant(raw: str, source: str) -> datetime | None:

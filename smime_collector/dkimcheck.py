@@ -7,6 +7,7 @@ and is aligned with the From: domain.
 
 from __future__ import annotations
 
+import binascii
 from dataclasses import dataclass
 
 import dkim
@@ -89,7 +90,8 @@ def _check_one(
         valid = verifier.verify(idx=idx, dnsfunc=resolver.txt)
     except DNSTempError as exc:
         return SignatureResult("", Check.retry("dns-error", f"DKIM DNS error: {exc}"))
-    except dkim.DKIMException as exc:
+    except (dkim.DKIMException, binascii.Error, ValueError) as exc:
+        # dkimpy lets a malformed bh= escape as binascii.Error: a bad signature all the same.
         return SignatureResult("", Check.fail("dkim-invalid", f"DKIM FAIL: {exc}"))
     fields = verifier.signature_fields or {}
     domain = fields.get(b"d", b"").decode("ascii", "replace")

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import dns.exception
+import dns.name
+import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
@@ -36,8 +38,9 @@ class KeyResolver:
     def __init__(self, nameservers: list[tuple[str, int]], timeout: float) -> None:
         if nameservers:
             self._resolver = dns.resolver.Resolver(configure=False)
-            self._resolver.nameservers = [host for host, _ in nameservers]
-            self._resolver.nameserver_ports = {host: port for host, port in nameservers}
+            self._resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers
+            ]
         else:
             self._resolver = dns.resolver.Resolver()
         self._resolver.lifetime = timeout
@@ -74,7 +77,11 @@ class KeyResolver:
     def _query(self, key: str) -> tuple[bytes | None, int]:
         self.stats.lookups += 1
         try:
-            answer = self._resolver.resolve(key, dns.rdatatype.TXT, search=False)
+            name = dns.name.from_text(key)
+        except dns.exception.DNSException:
+            return None, 0  # s= or d= that no DNS name can have: the key cannot exist
+        try:
+            answer = self._resolver.resolve(name, dns.rdatatype.TXT, search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return None, 0
         except dns.resolver.NoNameservers as exc:

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from smime_collector.certstore import CertStore, unsafe_address
-from smime_collector.trust import fingerprint
+from smime_collector.trust import CORRUPT_CERTIFICATE, fingerprint
 
 _DURATION = re.compile(r"^\s*(\d{1,6})\s*([dhm]?)\s*$")
 _UNITS = {"d": "days", "": "days", "h": "hours", "m": "minutes"}
@@ -59,7 +59,7 @@ def listing(store: CertStore, expiring_before: datetime | None = None) -> list[E
             continue
         try:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except (OSError, ValueError):
+        except (OSError, *CORRUPT_CERTIFICATE):
             continue
         if expiring_before is not None and cert.not_valid_after_utc > expiring_before:
             continue

@@ -184,8 +184,16 @@ class Collector:
             self.log.info(
                 "| content-type=%s,content-description=%s",
                 entity.content_type,
-                entity.headers.get("content-description"),
+                _clip(entity.headers.get("content-description")),
             )
+
+
+def _clip(value: object, limit: int = 200) -> object:
+    """Header values are the sender's: log a bounded prefix of them."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def log_certificate(log: logging.Logger, cert: x509.Certificate) -> None:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from smime_collector.message import Entity, MalformedMessage
+from smime_collector.trust import CORRUPT_CERTIFICATE
 from smime_collector.verdict import Check
 
 MAX_CERTIFICATES = 50
@@ -174,12 +175,12 @@ def verify_signed_data(part: SignedPart) -> SignedData | Check:
             if econtent.native is None:
                 return Check.fail("malformed", "opaque signed data without encapsulated content")
             content = _octets(econtent)
+        content_type = encap["content_type"].dotted
     except (ValueError, TypeError, KeyError) as exc:
         return Check.fail("bad-signature", f"CMS structure cannot be parsed: {exc}")
     if len(signer_infos) > MAX_SIGNERS:
         return Check.fail("malformed", f"more signers than the bound of {MAX_SIGNERS}")
     result = SignedData(certificates)
-    content_type = encap["content_type"].dotted
     for signer_info in signer_infos:
         outcome = _verify_signer(signer_info, content, content_type, certificates)
         if isinstance(outcome, Signer):
@@ -205,10 +206,22 @@ def _certificates(signed: cms.SignedData) -> list[x509.Certificate] | Check:
         if choice.name != "certificate":
             continue  # attribute certificates and other formats carry no key
         try:
-            certificates.append(x509.load_der_x509_certificate(choice.chosen.dump()))
-        except ValueError as exc:
+            certificates.append(_load_certificate(choice.chosen.dump()))
+        except CORRUPT_CERTIFICATE as exc:
             return Check.fail("bad-signature", f"a certificate in the signature is corrupt: {exc}")
     return certificates
+
+
+def _load_certificate(der: bytes) -> x509.Certificate:
+    """Load a certificate and read every field now: cryptography parses lazily, and a corrupt
+    field must fail here, as the message's fault, not later in the policy or the log."""
+    cert = x509.load_der_x509_certificate(der)
+    cert.extensions  # noqa: B018 - parses every extension, raising for a corrupt one
+    cert.public_key()
+    cert.signature_hash_algorithm  # noqa: B018 - raises for an unknown signature algorithm
+    cert.subject.rfc4514_string()
+    cert.issuer.rfc4514_string()
+    return cert
 
 
 def _verify_signer(
@@ -293,8 +306,8 @@ def _verify_signature(
     data: bytes,
     hash_cls: type[hashes.HashAlgorithm],
 ) -> Check:
-    key = cert.public_key()
     try:
+        key = cert.public_key()
         family = algorithm.signature_algo
         if family == "rsassa_pkcs1v15" and isinstance(key, rsa.RSAPublicKey):
             key.verify(signature, data, padding.PKCS1v15(), _hash(algorithm, hash_cls))

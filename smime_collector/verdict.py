@@ -56,7 +56,7 @@ class Check:
 
     @classmethod
     def passed(cls, detail: str = "") -> Check:
-        return cls("ok", detail)
+        return cls("ok", _one_line(detail))
 
     @classmethod
     def fail(cls, reason: str, detail: str) -> Check:

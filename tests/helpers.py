@@ -55,7 +55,9 @@ def post_batch(client, events: list[dict[str, Any]], token: str = "test-token"):
     )
 
 
-OUTCOME_LINE = re.compile(r"\| outcome=(\w+),reason=([\w-]+),email=(\S+)")
+OUTCOME_LINE = re.compile(
+    r"^[\d-]+ [\d:,]+,[\w.-]+,\w+,\| outcome=(\w+),reason=([\w-]+),email=(\S+)$", re.MULTILINE
+)
 
 
 def logged_verdicts(log_file: Path) -> list[tuple[str, str, str]]:
