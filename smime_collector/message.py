@@ -27,6 +27,7 @@ MAX_HEADER_LENGTH = 2000
 
 _LINE_END = re.compile(rb"\r?\n")
 _HEADER_END = b"\r\n\r\n"
+_BARE_CR = re.compile(rb"\r(?!\n)")
 _FOLDS = re.compile(r"[\r\n]+")
 
 
@@ -66,6 +67,10 @@ class Entity:
             head, body = raw, b""
         else:
             head, body = raw[: cut + 2], raw[cut + 4 :]
+        if _BARE_CR.search(head):
+            # email ends a header line at a bare CR, dkimpy and most MTAs do not: two readers
+            # of one header block must never see different headers.
+            raise MalformedMessage("a header contains a bare CR (carriage return without LF)")
         headers = BytesHeaderParser(policy=_POLICY).parsebytes(head + b"\r\n")
         return cls(raw, headers, body, depth)
 
