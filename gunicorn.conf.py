@@ -24,7 +24,8 @@ from smime_collector.trust import TrustError, load_anchors  # noqa: E402
 
 bind = os.environ.get("BIND", "127.0.0.1:8855")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "sync"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 # Below SparkPost's webhook timeout, so a stuck request fails here first and the relay retries.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "25"))
 graceful_timeout = 20

@@ -124,6 +124,7 @@ def handle_relay(collector: Collector, settings: Settings) -> tuple[Response, in
     log.info("| len(headers)=%d,len(body)=%d", len(request.headers), len(body))
     try:
         messages = parse_batch(body)
+        del body  # each message is held once from here on, as bytes
     except BadRequest as exc:
         log.info("| bad request: %s", exc)
         return jsonify(message=str(exc)), 400
@@ -225,8 +226,10 @@ def _kind_name(kind: type) -> str:
 
 
 def _relay_content(item: Any, where: str) -> tuple[dict[str, Any], bytes]:
+    """The message bytes and the envelope fields the log names (not the JSON content)."""
     msys = _field(item, "msys", where, dict)
     relay = _field(msys, "relay_message", f"{where}.msys", dict)
+    envelope = {key: relay.get(key) for key in ("msg_from", "rcpt_to")}
     content = _field(relay, "content", f"{where}.msys.relay_message", dict)
     where = f"{where}.msys.relay_message.content"
     email = _field(content, "email_rfc822", where, str)
@@ -235,13 +238,13 @@ def _relay_content(item: Any, where: str) -> tuple[dict[str, Any], bytes]:
         raise BadRequest(f"{where}.email_rfc822_is_base64 must be a boolean")
     if not is_base64:
         try:
-            return relay, email.encode("utf-8", "surrogateescape")
+            return envelope, email.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError as exc:  # a \ud800-style escape no bytes can stand for
             raise BadRequest(
                 f"{where}.email_rfc822 holds a lone surrogate at character {exc.start}"
             ) from None
     try:
-        return relay, base64.b64decode("".join(email.split()), validate=True)
+        return envelope, base64.b64decode("".join(email.split()), validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(f"{where}.email_rfc822 is not valid base64") from None
 

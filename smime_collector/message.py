@@ -53,7 +53,7 @@ class Entity:
 
     raw: bytes
     headers: Message
-    body: bytes
+    body_start: int
     depth: int = 0
     _parts: list[Entity] | None = field(default=None, repr=False)
 
@@ -63,17 +63,22 @@ class Entity:
             raise MalformedMessage(f"MIME nesting deeper than the bound of {MAX_DEPTH}")
         cut = raw.find(_HEADER_END)
         if raw.startswith(b"\r\n"):
-            head, body = b"", raw[2:]
+            head, body_start = b"", 2
         elif cut < 0:
-            head, body = raw, b""
+            head, body_start = raw, len(raw)
         else:
-            head, body = raw[: cut + 2], raw[cut + 4 :]
+            head, body_start = raw[: cut + 2], cut + 4
         if _BARE_CR.search(head):
             # email ends a header line at a bare CR, dkimpy and most MTAs do not: two readers
             # of one header block must never see different headers.
             raise MalformedMessage("a header contains a bare CR (carriage return without LF)")
         headers = BytesHeaderParser(policy=_POLICY).parsebytes(head + b"\r\n")
-        return cls(raw, headers, body, depth)
+        return cls(raw, headers, body_start, depth)
+
+    @property
+    def body(self) -> bytes:
+        """Cut from ``raw`` when asked, never kept: a 20 MB attachment is held once, not twice."""
+        return self.raw[self.body_start :]
 
     @property
     def content_type(self) -> str:
@@ -185,7 +190,8 @@ class ParsedMessage:
 
 def parse_message(raw: bytes) -> ParsedMessage | Check:
     """Parse once; a message without exactly one From address is ``malformed``."""
-    raw = _LINE_END.sub(b"\r\n", raw)
+    if raw.count(b"\n") != raw.count(b"\r\n"):  # already CRLF throughout: no copy
+        raw = _LINE_END.sub(b"\r\n", raw)
     try:
         top = Entity.parse(raw)
     except MalformedMessage as exc:
