@@ -38,6 +38,15 @@ NOT_SIGNED_TYPES = {
 }
 SMIME_ENCRYPTION_KEY_PREFERENCE = "1.2.840.113549.1.9.16.2.11"
 MS_ENCRYPTION_KEY_PREFERENCE = "1.3.6.1.4.1.311.16.4"
+CONTENT_TYPE = "1.2.840.113549.1.9.3"
+MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
+#: The signed attributes the service reads; others are signed over but never parsed.
+READ_ATTRIBUTES = {
+    CONTENT_TYPE,
+    MESSAGE_DIGEST,
+    SMIME_ENCRYPTION_KEY_PREFERENCE,
+    MS_ENCRYPTION_KEY_PREFERENCE,
+}
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
@@ -219,8 +228,8 @@ def _load_certificate(der: bytes) -> x509.Certificate:
     cert.extensions  # noqa: B018 - parses every extension, raising for a corrupt one
     cert.public_key()
     cert.signature_hash_algorithm  # noqa: B018 - raises for an unknown signature algorithm
-    cert.subject.rfc4514_string()
-    cert.issuer.rfc4514_string()
+    cert.subject  # noqa: B018 - names parse on first use
+    cert.issuer  # noqa: B018
     return cert
 
 
@@ -258,7 +267,9 @@ def _verify_signer_info(
     else:
         # Each attribute's SET OF values, parsed only where read: asn1crypto's spec for some
         # attributes is wrong, and an attribute nobody reads must not break the signature.
-        values = {attr["type"].dotted: attr["values"] for attr in attrs}
+        values = {
+            oid: attr["values"] for attr in attrs if (oid := attr["type"].dotted) in READ_ATTRIBUTES
+        }
         check = _check_attributes(values, content, content_type, hash_cls)
         if not check.ok:
             return check
@@ -285,8 +296,8 @@ def _check_attributes(
     content_type: str,
     hash_cls: type[hashes.HashAlgorithm],
 ) -> Check:
-    declared = values.get("1.2.840.113549.1.9.3")
-    digest = values.get("1.2.840.113549.1.9.4")
+    declared = values.get(CONTENT_TYPE)
+    digest = values.get(MESSAGE_DIGEST)
     if declared is None or digest is None:
         return Check.fail("bad-signature", "signed attributes lack contentType or messageDigest")
     if declared[0].dotted != content_type:
