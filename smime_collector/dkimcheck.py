@@ -86,8 +86,14 @@ def _check_one(
     resolver: KeyResolver,
     alignment: str,
 ) -> SignatureResult:
+    keys: list[bytes | None] = []
+
+    def lookup(name: bytes, timeout: float = 5) -> bytes | None:
+        keys.append(resolver.txt(name, timeout))
+        return keys[-1]
+
     try:
-        valid = verifier.verify(idx=idx, dnsfunc=resolver.txt)
+        valid = verifier.verify(idx=idx, dnsfunc=lookup)
     except DNSTempError as exc:
         return SignatureResult("", Check.retry("dns-error", f"DKIM DNS error: {exc}"))
     except (dkim.DKIMException, binascii.Error, ValueError) as exc:
@@ -96,10 +102,13 @@ def _check_one(
     fields = verifier.signature_fields or {}
     domain = fields.get(b"d", b"").decode("ascii", "replace")
     if not valid:
-        return SignatureResult(
-            domain,
-            Check.fail("dkim-invalid", f"DKIM FAIL: d={domain} signature does not verify"),
+        selector = fields.get(b"s", b"").decode("ascii", "replace")
+        why = (
+            f"no key is published at {selector}._domainkey.{domain}"
+            if keys == [None]
+            else "signature does not verify"
         )
+        return SignatureResult(domain, Check.fail("dkim-invalid", f"DKIM FAIL: d={domain} {why}"))
     problem = _weakness(verifier, fields)
     if problem:
         return SignatureResult(
