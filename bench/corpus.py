@@ -123,17 +123,7 @@ def issue_leaf(issuer: pki.Identity, email: str, key: rsa.RSAPrivateKey) -> pki.
     now = _now()
     public = key.public_key()
     issuer_ski = issuer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=True,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = pki.usage_extension(digital_signature=True, key_encipherment=True)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, email)]))
@@ -389,17 +379,7 @@ def extra_roots(count: int) -> list[bytes]:
         key = ec.generate_private_key(ec.SECP256R1())
         ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         now = _now()
-        usage = x509.KeyUsage(
-            digital_signature=False,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=True,
-            crl_sign=True,
-            encipher_only=False,
-            decipher_only=False,
-        )
+        usage = pki.usage_extension(key_cert_sign=True, crl_sign=True)
         certs = []
         for i in range(count):
             name = x509.Name(

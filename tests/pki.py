@@ -72,6 +72,11 @@ _NO_USAGE = dict.fromkeys(
 )
 
 
+def usage_extension(**flags: bool) -> x509.KeyUsage:
+    """A keyUsage extension with only the named flags set."""
+    return x509.KeyUsage(**{**_NO_USAGE, **flags})
+
+
 class OpenSSLError(RuntimeError):
     """An ``openssl`` command exited non-zero; the message carries its command and stderr."""
 
@@ -188,7 +193,7 @@ def _issue(
 
 def _make_ca(cn: str, key_type: KeyType, parent: Identity | None) -> Identity:
     """A CA certificate valid from yesterday for ten years."""
-    usage = x509.KeyUsage(**{**_NO_USAGE, "key_cert_sign": True, "crl_sign": True})
+    usage = usage_extension(key_cert_sign=True, crl_sign=True)
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "smime-collector tests"),
@@ -257,7 +262,7 @@ def make_leaf(
     ]
     if key_usage != ABSENT:
         flags = _default_usage(key) if key_usage is None else key_usage
-        extensions.append((x509.KeyUsage(**{**_NO_USAGE, **flags}), True))
+        extensions.append((usage_extension(**flags), True))
     if eku != ABSENT:
         oids = [ExtendedKeyUsageOID.EMAIL_PROTECTION] if eku is None else eku
         usages = [

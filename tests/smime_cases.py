@@ -70,21 +70,6 @@ def iso(moment: dt.datetime) -> str:
 # -- PKI -------------------------------------------------------------------------------------
 
 
-def _key_usage(**flags: bool) -> x509.KeyUsage:
-    names = (
-        "digital_signature",
-        "content_commitment",
-        "key_encipherment",
-        "data_encipherment",
-        "key_agreement",
-        "key_cert_sign",
-        "crl_sign",
-        "encipher_only",
-        "decipher_only",
-    )
-    return x509.KeyUsage(**{name: flags.get(name, False) for name in names})
-
-
 def make_ca(
     cn: str,
     parent: pki.Identity | None = None,
@@ -106,7 +91,7 @@ def make_ca(
             x509.NameAttribute(NameOID.COMMON_NAME, cn),
         ]
     )
-    usage = _key_usage(key_cert_sign=True, crl_sign=True)
+    usage = pki.usage_extension(key_cert_sign=True, crl_sign=True)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -362,7 +347,9 @@ def _san_vs_subject(issuer: pki.Identity, *, san: str, subject: str) -> pki.Iden
         .not_valid_before(days_from_now(-30))
         .not_valid_after(days_from_now(365))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
+        .add_extension(
+            pki.usage_extension(digital_signature=True, key_encipherment=True), critical=True
+        )
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False
         )
