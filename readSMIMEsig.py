@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from smime_collector.certstore import CertStore
 from smime_collector.config import ConfigError, Settings, load_settings
 from smime_collector.dnskeys import DNSTempError, KeyResolver
 from smime_collector.harvest import Source, collect
@@ -175,28 +176,23 @@ def check_config(config: str | None, out: TextIO) -> int:
         results.append(("trusted-certs", True, f"{len(anchors)} trust anchors loaded"))
     except TrustError as exc:
         results.append(("trusted-certs", False, str(exc)))
-    results.append(_check_writable("user-certs-dir", settings.user_certs_dir, folder=True))
-    results.append(_check_writable("log-file", settings.log_file, folder=False))
+    folder = CertStore(settings.user_certs_dir).writable()  # the probe /healthz uses too
+    results.append(("user-certs-dir", folder.ok, folder.detail))
+    results.append(_check_log_writable(settings.log_file))
     results.append(_check_dns(settings))
     for key, ok, detail in results:
         print(f"{'ok' if ok else 'FAIL'} {key}: {detail}", file=out)
     return EXIT_OK if all(ok for _, ok, _ in results) else EXIT_USAGE
 
 
-def _check_writable(key: str, path: Path, folder: bool) -> tuple[str, bool, str]:
+def _check_log_writable(path: Path) -> tuple[str, bool, str]:
     try:
-        if folder:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".check-config"
-            probe.write_bytes(b"")
-            probe.unlink()
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a"):
-                pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
     except OSError as exc:
-        return key, False, f"{path} is not writable: {exc.strerror or exc}"
-    return key, True, f"{path} is writable"
+        return "log-file", False, f"{path} is not writable: {exc.strerror or exc}"
+    return "log-file", True, f"{path} is writable"
 
 
 def _check_dns(settings: Settings) -> tuple[str, bool, str]:

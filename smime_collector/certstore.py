@@ -162,5 +162,5 @@ class CertStore:
             with tempfile.TemporaryFile(prefix=".probe-", dir=self.folder):
                 pass
         except OSError as exc:
-            return Check.retry("store-error", f"certificate folder is not writable: {exc}")
-        return Check.passed("certificate folder writable")
+            return Check.retry("store-error", f"{self.folder} is not writable: {exc}")
+        return Check.passed(f"{self.folder} is writable")
