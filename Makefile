@@ -11,14 +11,28 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
+# Debian packages the tests drive as real programs, installed when missing (CI runs as root).
+SYSTEM_PACKAGES := logrotate
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.system-deps: Makefile
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/gunicorn -c gunicorn.conf.py webapp:app
+	$(BIN)/python -m smime_collector.serve
 
-test: $(BIN)/.installed node_modules/.installed
+test: $(BIN)/.installed node_modules/.installed .system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
@@ -39,4 +53,4 @@ trust: $(BIN)/.installed
 	$(BIN)/python tools/certdata2pem.py $(CERTDATA) $(if $(VERSION),--builtins-version $(VERSION))
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .system-deps

@@ -2,9 +2,10 @@
 
 The seed's options, read from the environment so one file serves every deployment:
 ``BIND`` (default 127.0.0.1:8855), ``WEB_CONCURRENCY`` workers (default 2), ``TLS_CERT`` and
-``TLS_KEY`` for HTTPS without a reverse proxy, ``ACCESS_LOG`` (default gunicorn-access.log,
-``-`` for stdout). The configuration is validated here, in the master, so a bad ``webapp.ini``
-stops start-up with one line instead of workers failing one after another.
+``TLS_KEY`` for HTTPS, ``ACCESS_LOG`` (default gunicorn-access.log, ``-`` for stdout),
+``GUNICORN_TIMEOUT``. Both the environment and the configuration are validated here, in the
+master, so a bad setting stops start-up with one line instead of workers failing one after
+another.
 """
 
 import os
@@ -20,20 +21,39 @@ if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smime-collector-metrics-")
 
 from smime_collector.config import ConfigError, load_settings  # noqa: E402
+from smime_collector.serving import server_options  # noqa: E402
+from smime_collector.store import open_store  # noqa: E402
 from smime_collector.trust import TrustError, load_anchors  # noqa: E402
 
-bind = os.environ.get("BIND", "127.0.0.1:8855")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-# Below SparkPost's webhook timeout, so a stuck request fails here first and the relay retries.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "25"))
+
+def _stop(message: str) -> None:
+    print(f"smime-collector: configuration error: {message}", file=sys.stderr)
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    sys.exit(2)
+
+
+try:
+    _options = server_options(os.environ)
+    _settings = load_settings()
+    load_anchors(list(_settings.trusted_certs))
+    _store = open_store(_settings).health()
+    if not _store.ok:
+        _stop(_store.detail)
+except (ConfigError, TrustError, OSError) as exc:
+    _stop(str(exc))
+
+bind = _options.bind
+workers = _options.workers
+worker_class = _options.worker_class
+threads = _options.threads
+timeout = _options.timeout
 graceful_timeout = 20
 keepalive = 5
-accesslog = os.environ.get("ACCESS_LOG", "gunicorn-access.log")
-errorlog = os.environ.get("ERROR_LOG", "-")
-certfile = os.environ.get("TLS_CERT") or None
-keyfile = os.environ.get("TLS_KEY") or None
+accesslog = _options.accesslog
+errorlog = _options.errorlog
+certfile = _options.certfile
+keyfile = _options.keyfile
 limit_request_line = 8190
 
 
@@ -46,14 +66,3 @@ def child_exit(server, worker):
 def on_exit(server):
     if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-
-
-try:
-    _settings = load_settings()
-    load_anchors(list(_settings.trusted_certs))
-    _settings.user_certs_dir.mkdir(parents=True, exist_ok=True)
-except (ConfigError, TrustError, OSError) as exc:
-    print(f"smime-collector: configuration error: {exc}", file=sys.stderr)
-    if _own_metrics_dir:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    sys.exit(2)

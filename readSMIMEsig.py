@@ -8,7 +8,9 @@ stored/unchanged, 1 any rejected, 75 any tempfail (EX_TEMPFAIL), 2 usage or conf
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 from collections import Counter
@@ -16,14 +18,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from smime_collector.certstore import CertStore
+from smime_collector import logsetup
 from smime_collector.config import ConfigError, Settings, load_settings
+from smime_collector.delivery import Delivery
 from smime_collector.dnskeys import DNSTempError, KeyResolver
 from smime_collector.harvest import Source, collect
-from smime_collector.logsetup import get_logger
 from smime_collector.pipeline import Collector
+from smime_collector.store import open_store
 from smime_collector.trust import TrustError, load_anchors
-from smime_collector.verdict import Outcome, Verdict
+from smime_collector.verdict import Outcome, Reason, Verdict
+
+INTAKE = "cli"
+log = logging.getLogger("smime_collector.cli")
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
 CHECK_DNS_NAME = "example.com"
@@ -33,7 +39,7 @@ def read_smime_email(
     raw: bytes, collector: Collector, received_at: datetime | None = None
 ) -> Verdict:
     """The pipeline entry: judge one raw message and store the certificate when it passes."""
-    return collector.read_smime_email(raw, received_at)
+    return collector.judge(Delivery(raw, INTAKE, received_at or datetime.now(UTC)))
 
 
 def exit_code(verdicts: list[Verdict]) -> int:
@@ -68,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load(config: str | None) -> Settings:
     """``--config``, else $WEBAPP_INI, else ./webapp.ini; built-in defaults when none exists."""
     if config is None and "WEBAPP_INI" not in os.environ and not Path("webapp.ini").exists():
-        return Settings.from_mapping({})
+        return Settings.from_mapping({}, environ=os.environ)
     return load_settings(config)
 
 
@@ -81,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least one EMLFILE, folder, mbox or Maildir (or --check-config)")
     try:
         settings = load(args.config)
-        log = get_logger("readSMIMEsig", settings.log_file, settings.log_level)
-        collector = Collector.build(settings, log)
+        sink = logsetup.attach(
+            "readSMIMEsig", settings.log_file, settings.log_level, settings.log_format
+        )
+        collector = Collector.build(settings, sink)
     except (ConfigError, TrustError, OSError) as exc:
         print(f"readSMIMEsig.py: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -106,13 +114,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def judge(collector: Collector, source: Source) -> Verdict:
-    collector.log.info("File %s", source.name)
-    try:
-        raw = source.read()
-    except (OSError, KeyError) as exc:
-        detail = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
-        return Verdict(Outcome.REJECTED, "malformed", None, None, detail)
-    return read_smime_email(raw, collector, datetime.now(UTC))
+    sink = collector.sink
+    with sink.context() if sink else contextlib.nullcontext():
+        log.info("File %s", source.name)
+        try:
+            raw = source.read()
+        except (OSError, KeyError) as exc:
+            detail = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+            return Verdict(Outcome.REJECTED, Reason.MALFORMED, None, None, detail)
+        return read_smime_email(raw, collector, datetime.now(UTC))
 
 
 def report(name: str, verdict: Verdict, as_json: bool) -> None:
@@ -122,8 +132,8 @@ def report(name: str, verdict: Verdict, as_json: bool) -> None:
     line = f"{name}: {verdict.outcome.value} ({verdict.reason})"
     if verdict.email:
         line += f" {verdict.email}"
-    if verdict.path:
-        line += f" -> {verdict.path}"
+    if verdict.location:
+        line += f" -> {verdict.location}"
     elif verdict.detail:
         line += f": {verdict.detail}"
     print(line, flush=True)
@@ -166,26 +176,26 @@ def check_config(config: str | None, out: TextIO) -> int:
     except ConfigError as exc:
         print(f"FAIL config: {exc}", file=out)
         return EXIT_USAGE
-    unknown = ", ".join(settings.unknown_keys)  # a misspelt key silently keeps its default
-    if unknown:
-        results = [("config", False, f"{settings.source}: unknown keys, ignored: {unknown}")]
-    else:
-        results = [("config", True, f"{settings.source} loaded")]
+    results = [("config", True, f"{settings.source} loaded")]
     try:
         anchors = load_anchors(list(settings.trusted_certs))
         results.append(("trusted-certs", True, f"{len(anchors)} trust anchors loaded"))
     except TrustError as exc:
         results.append(("trusted-certs", False, str(exc)))
-    folder = CertStore(settings.user_certs_dir).writable()  # the probe /healthz uses too
-    results.append(("user-certs-dir", folder.ok, folder.detail))
+    store = open_store(settings).health()  # the probe /healthz uses too
+    results.append(("store", store.ok, store.detail))
     results.append(_check_log_writable(settings.log_file))
     results.append(_check_dns(settings))
     for key, ok, detail in results:
         print(f"{'ok' if ok else 'FAIL'} {key}: {detail}", file=out)
+    for key, why in settings.risks():
+        print(f"WARN {key}: {why}", file=out)
     return EXIT_OK if all(ok for _, ok, _ in results) else EXIT_USAGE
 
 
-def _check_log_writable(path: Path) -> tuple[str, bool, str]:
+def _check_log_writable(path: Path | None) -> tuple[str, bool, str]:
+    if path is None:
+        return "log-file", True, "logging to standard error"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a"):

@@ -65,13 +65,13 @@ def main(argv: list[str]) -> int:
     from prometheus_client import REGISTRY
 
     from smime_collector.config import load_settings
-    from smime_collector.logsetup import get_logger
+    from smime_collector.logsetup import attach
     from smime_collector.pipeline import Collector
     from smime_collector.verdict import Outcome
 
     ini, warm, big, *profile = (Path(a) for a in argv)
     settings = load_settings(ini)
-    collector = Collector.build(settings, get_logger("webapp", settings.log_file, "INFO"))
+    collector = Collector.build(settings, attach("webapp", settings.log_file, "INFO"))
     verdict = collector.read_smime_email(warm.read_bytes())
     if verdict.outcome is not Outcome.STORED:
         print(f"warm-up message: {verdict.outcome.value} {verdict.reason}", file=sys.stderr)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from bench import REPO
 from bench.corpus import Corpus, extra_roots, write_bundle
-from smime_collector.certstore import CertStore
 from smime_collector.config import Settings, load_settings
-from smime_collector.logsetup import get_logger
+from smime_collector.logsetup import attach
 from smime_collector.pipeline import Collector
+from smime_collector.store import FolderStore
 from tests.dnsserver import LoopbackDNS
 
 TOKEN = "bench token"
@@ -78,14 +78,12 @@ class Workspace:
 
     def collector(self, settings: Settings) -> Collector:
         """A collector as the service builds it, logging at the settings' level to a file."""
-        return Collector.build(
-            settings, get_logger("webapp", settings.log_file, settings.log_level)
-        )
+        return Collector.build(settings, attach("webapp", settings.log_file, settings.log_level))
 
 
 def with_store(collector: Collector, folder: Path) -> Collector:
     """The same collector (anchors, warm DNS cache, log) writing to another folder."""
-    store = CertStore(folder)
+    store = FolderStore(folder)
     store.ensure()
     return dataclasses.replace(collector, store=store)
 

@@ -1,40 +1,37 @@
-"""One settings object, read from the INI file's ``[webapp]`` section and validated at start-up.
+"""One settings object: every key defined once, fed by the INI file, the environment and files.
 
-Every problem is a :class:`ConfigError` whose text is one line naming the key, so a bad config
-stops the service before it answers anything, instead of surfacing later as a 500.
-Relative paths are resolved against the folder of the INI file that names them.
+Each configuration key is a field of :class:`Settings` declared with :func:`key`: its INI name,
+its default, how its text is read, and whether it is a secret. That one declaration drives
+everything else: INI parsing, the ``SMIME_COLLECTOR_<KEY>`` environment variables (upper case,
+``-`` → ``_``), the ``<key>-file`` variant of every secret, the documentation check and
+``--check-config``. Sources, later ones winning: built-in default, INI file, environment.
+
+Every problem is a :class:`ConfigError` whose text is one line naming the key, so a bad
+configuration stops the service before it answers anything, instead of surfacing later as a 500
+or, worse, as a setting silently ignored (a misspelt ``metric-token`` once left ``/metrics``
+open). Relative paths are resolved against the folder of the INI file.
 """
 
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import ipaddress
 import os
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SECTION = "webapp"
 DEFAULT_INI = "webapp.ini"
-
-DEFAULTS: dict[str, str] = {
-    "x-messagesystems-webhook-token": "",
-    "user-certs-dir": "certs",
-    "trusted-certs": str(REPO_DIR / "smime-ca-bundle.pem"),
-    "log-file": "webapp.log",
-    "log-level": "INFO",
-    "dkim": "require",
-    "dkim-alignment": "relaxed",
-    "dns-nameservers": "",
-    "dns-timeout": "5",
-    "verify-time": "",
-    "allow-sha1": "no",
-    "max-request-bytes": str(50 * 1024 * 1024),
-    "metrics-token": "",
-    "lookup-token": "",
-}
+ENV_PREFIX = "SMIME_COLLECTOR_"
+FILE_SUFFIX = "-file"
+#: The token the shipped ``webapp.ini`` and the README use: fine for trying it, never for real.
+SAMPLE_TOKEN = "t0p s3cr3t t0k3n"
 
 
 class ConfigError(Exception):
@@ -42,81 +39,317 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Context:
+    """What a reader of one key's text needs besides the text: where relative paths start and
+    how to name the source in an error."""
+
+    base: Path
+    source: str
+
+
+Reader = Callable[[str, str, Context], Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its INI name, default text, reader and whether it is secret."""
+
+    name: str
+    default: str
+    read: Reader
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper().replace("-", "_")
+
+
+def key(name: str, default: str, read: Reader, *, secret: bool = False) -> Any:
+    """Declare a :class:`Settings` field as the configuration key ``name``."""
+    return field(metadata={"key": Key(name, default, read, secret)})
+
+
+# -- readers: (key name, raw text, context) -> value; each raises ConfigError naming the key ----
+
+
+def text(_name: str, raw: str, _ctx: Context) -> str:
+    return raw.strip()
+
+
+def path(name: str, raw: str, ctx: Context) -> Path:
+    raw = raw.strip()
+    if not raw:
+        raise ConfigError(f"{ctx.source}: {name} must not be empty")
+    return _resolve(raw, ctx)
+
+
+def optional_path(name: str, raw: str, ctx: Context) -> Path | None:
+    return path(name, raw, ctx) if raw.strip() else None
+
+
+def log_target(name: str, raw: str, ctx: Context) -> Path | None:
+    """A log file, or ``-`` (``None``) for standard error, where journald picks it up."""
+    return None if raw.strip() == "-" else path(name, raw, ctx)
+
+
+def paths(name: str, raw: str, ctx: Context) -> tuple[Path, ...]:
+    return tuple(_resolve(item, ctx) for item in _items(raw))
+
+
+def nonempty_paths(name: str, raw: str, ctx: Context) -> tuple[Path, ...]:
+    found = paths(name, raw, ctx)
+    if not found:
+        raise ConfigError(f"{ctx.source}: {name} must name at least one file")
+    return found
+
+
+def items(_name: str, raw: str, _ctx: Context) -> tuple[str, ...]:
+    return tuple(_items(raw))
+
+
+def choice(*allowed: str, upper: bool = False) -> Reader:
+    def read(name: str, raw: str, ctx: Context) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in allowed:
+            raise ConfigError(
+                f"{ctx.source}: {name} must be one of {', '.join(allowed)}, not {raw.strip()!r}"
+            )
+        return value
+
+    return read
+
+
+def boolean(name: str, raw: str, ctx: Context) -> bool:
+    value = raw.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0", ""):
+        return False
+    raise ConfigError(f"{ctx.source}: {name} must be yes or no, not {raw.strip()!r}")
+
+
+def positive(kind: type[int] | type[float]) -> Reader:
+    def read(name: str, raw: str, ctx: Context) -> int | float:
+        try:
+            number = kind(raw.strip())
+        except ValueError:
+            number = 0
+        if not number > 0:
+            raise ConfigError(
+                f"{ctx.source}: {name} must be a positive number, not {raw.strip()!r}"
+            )
+        return number
+
+    return read
+
+
+def instant(name: str, raw: str, ctx: Context) -> datetime | None:
+    raw = raw.strip()
+    if not raw or raw.lower() == "now":
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"{ctx.source}: {name} must be an ISO 8601 UTC time, not {raw!r}"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def nameservers(name: str, raw: str, ctx: Context) -> tuple[tuple[str, int], ...]:
+    servers = []
+    for item in _items(raw):
+        host, port = item, 53
+        if item.startswith("["):  # [v6]:port
+            host, _, rest = item[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 53
+        elif item.count(":") == 1:
+            host, _, port_text = item.partition(":")
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ConfigError(f"{ctx.source}: {name} has a bad port in {item!r}")
+            port = int(port_text)
+        if not host:
+            raise ConfigError(f"{ctx.source}: {name} has an empty host in {item!r}")
+        servers.append((_ip_address(name, host, ctx), port))
+    return tuple(servers)
+
+
+def _items(raw: str) -> list[str]:
+    return [item for item in (part.strip() for part in raw.split(",")) if item]
+
+
+def _resolve(raw: str, ctx: Context) -> Path:
+    p = Path(raw).expanduser()
+    return p if p.is_absolute() else ctx.base / p
+
+
+def _ip_address(name: str, host: str, ctx: Context) -> str:
+    """The resolver needs addresses: a name such as ``localhost`` is resolved once, here."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return socket.getaddrinfo(host, 53, proto=socket.IPPROTO_UDP)[0][4][0]
+    except OSError:
+        raise ConfigError(f"{ctx.source}: {name} host {host!r} does not resolve") from None
+
+
+# -- the settings ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class Settings:
-    webhook_token: str
-    user_certs_dir: Path
-    trusted_certs: tuple[Path, ...]
-    log_file: Path
-    log_level: str
-    dkim: str
-    dkim_alignment: str
-    dns_nameservers: tuple[tuple[str, int], ...]
-    dns_timeout: float
-    verify_time: datetime | None
-    allow_sha1: bool
-    max_request_bytes: int
-    metrics_token: str
-    lookup_token: str
-    source: str = "(defaults)"
-    unknown_keys: tuple[str, ...] = field(default=())
+    """Every configuration key of the service, each declared once with :func:`key`."""
+
+    webhook_token: str = key("x-messagesystems-webhook-token", "", text, secret=True)
+    user_certs_dir: Path = key("user-certs-dir", "certs", path)
+    trusted_certs: tuple[Path, ...] = key(
+        "trusted-certs", str(REPO_DIR / "smime-ca-bundle.pem"), nonempty_paths
+    )
+    log_file: Path | None = key("log-file", "webapp.log", log_target)
+    log_level: str = key(
+        "log-level", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True)
+    )
+    log_format: str = key("log-format", "text", choice("text", "json"))
+    dkim: str = key("dkim", "require", choice("require", "off"))
+    dkim_alignment: str = key("dkim-alignment", "relaxed", choice("relaxed", "strict"))
+    dns_nameservers: tuple[tuple[str, int], ...] = key("dns-nameservers", "", nameservers)
+    dns_timeout: float = key("dns-timeout", "5", positive(float))
+    verify_time: datetime | None = key("verify-time", "", instant)
+    allow_sha1: bool = key("allow-sha1", "no", boolean)
+    max_request_bytes: int = key("max-request-bytes", str(50 * 1024 * 1024), positive(int))
+    metrics_token: str = key("metrics-token", "", text, secret=True)
+    lookup_token: str = key("lookup-token", "", text, secret=True)
+    #: Where the values came from, for messages: the INI file's path or "(defaults)".
+    source: str = field(default="(defaults)", compare=False)
 
     @classmethod
     def from_mapping(
         cls,
-        values: dict[str, str],
+        values: Mapping[str, str],
         base_dir: Path | None = None,
         source: str = "(defaults)",
+        environ: Mapping[str, str] | None = None,
     ) -> Settings:
-        """Build settings from INI-style keys; missing keys take their defaults."""
-        base = base_dir or Path.cwd()
-        merged = {**DEFAULTS, **{k.lower(): str(v) for k, v in values.items()}}
-        unknown = tuple(sorted(set(merged) - set(DEFAULTS)))
+        """Settings from INI-style ``values`` over the defaults, under ``environ``'s
+        ``SMIME_COLLECTOR_*`` variables (none when ``environ`` is ``None``).
 
-        def path(key: str) -> Path:
-            raw = merged[key].strip()
-            if not raw:
-                raise ConfigError(f"{source}: {key} must not be empty")
-            p = Path(raw).expanduser()
-            return p if p.is_absolute() else base / p
+        Raises :class:`ConfigError` for an unknown key, a bad value or an unreadable secret file.
+        """
+        ctx = Context(base_dir or Path.cwd(), source)
+        given = {name.lower().strip(): str(value) for name, value in values.items()}
+        given.update(_from_environment(environ or {}))
+        _refuse_unknown(given, ctx)
+        kwargs: dict[str, Any] = {"source": source}
+        for attr, spec in _fields().items():
+            raw = _value(spec, given, ctx)
+            kwargs[attr] = spec.read(spec.name, raw, ctx)
+        return cls(**kwargs)
 
-        trusted = tuple(
-            (Path(p).expanduser() if Path(p).expanduser().is_absolute() else base / p)
-            for p in (s.strip() for s in merged["trusted-certs"].split(","))
-            if p
+    def risks(self) -> list[tuple[str, str]]:
+        """Settings that are legal but dangerous in production: (key, why), for
+        ``--check-config`` and the start-up log."""
+        found = []
+        if self.webhook_token == SAMPLE_TOKEN:
+            found.append(
+                (
+                    "x-messagesystems-webhook-token",
+                    "is the sample token from the README: set your own "
+                    "(x-messagesystems-webhook-token-file or "
+                    "SMIME_COLLECTOR_X_MESSAGESYSTEMS_WEBHOOK_TOKEN)",
+                )
+            )
+        if not self.webhook_token:
+            found.append(
+                ("x-messagesystems-webhook-token", "is empty: anyone can post to the webhook")
+            )
+        if self.dkim == "off":
+            found.append(("dkim", "is off: the From: address is not authenticated (testing only)"))
+        if self.verify_time is not None:
+            found.append(
+                (
+                    "verify-time",
+                    f"is fixed at {self.verify_time:%Y-%m-%dT%H:%M:%SZ}: certificates are judged "
+                    "as of then, expired ones included (replaying old mail only)",
+                )
+            )
+        if self.allow_sha1:
+            found.append(("allow-sha1", "is yes: SHA-1 signatures, which can be forged, count"))
+        return found
+
+
+def keys() -> list[Key]:
+    """Every configuration key, in declaration order."""
+    return list(_fields().values())
+
+
+def _fields() -> dict[str, Key]:
+    return {f.name: f.metadata["key"] for f in dataclasses.fields(Settings) if "key" in f.metadata}
+
+
+def _known_names() -> set[str]:
+    names = set()
+    for spec in keys():
+        names.add(spec.name)
+        if spec.secret:
+            names.add(spec.name + FILE_SUFFIX)
+    return names
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``SMIME_COLLECTOR_LOG_LEVEL=DEBUG`` → ``{"log-level": "DEBUG"}``; unknown names kept,
+    so that they are refused like a misspelt INI key."""
+    found = {}
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            found[name[len(ENV_PREFIX) :].lower().replace("_", "-")] = value
+    return found
+
+
+def _refuse_unknown(given: Mapping[str, str], ctx: Context) -> None:
+    unknown = sorted(set(given) - _known_names())
+    if unknown:
+        env = ENV_PREFIX + unknown[0].upper().replace("-", "_")
+        raise ConfigError(
+            f"{ctx.source}: unknown configuration key {unknown[0]!r} "
+            f"(or environment variable {env}); check its spelling"
         )
-        if not trusted:
-            raise ConfigError(f"{source}: trusted-certs must name at least one PEM bundle")
-        return cls(
-            webhook_token=merged["x-messagesystems-webhook-token"].strip(),
-            user_certs_dir=path("user-certs-dir"),
-            trusted_certs=trusted,
-            log_file=path("log-file"),
-            log_level=_choice(
-                merged,
-                "log-level",
-                ("DEBUG", "INFO", "WARNING", "ERROR"),
-                source,
-                upper=True,
-            ),
-            dkim=_choice(merged, "dkim", ("require", "off"), source),
-            dkim_alignment=_choice(merged, "dkim-alignment", ("relaxed", "strict"), source),
-            dns_nameservers=_nameservers(merged["dns-nameservers"], source),
-            dns_timeout=_positive(merged, "dns-timeout", source, float),
-            verify_time=_instant(merged["verify-time"], source),
-            allow_sha1=_boolean(merged, "allow-sha1", source),
-            max_request_bytes=int(_positive(merged, "max-request-bytes", source, int)),
-            metrics_token=merged["metrics-token"].strip(),
-            lookup_token=merged["lookup-token"].strip(),
-            source=source,
-            unknown_keys=unknown,
-        )
+
+
+def _value(spec: Key, given: Mapping[str, str], ctx: Context) -> str:
+    """The key's text: given directly, read from its ``-file``, or the default."""
+    file_key = spec.name + FILE_SUFFIX
+    if spec.secret and given.get(file_key, "").strip():
+        if given.get(spec.name, "").strip():
+            raise ConfigError(f"{ctx.source}: set {spec.name} or {file_key}, not both")
+        secret_file = _resolve(given[file_key].strip(), ctx)
+        try:
+            return secret_file.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ConfigError(
+                f"{ctx.source}: {file_key}: cannot read {secret_file}: {reason}"
+            ) from None
+    return given.get(spec.name, spec.default)
+
+
+#: Key name → default text, for documentation checks and messages.
+DEFAULTS: dict[str, str] = {spec.name: spec.default for spec in keys()}
+
+
+def ini_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The INI file to read: ``path``, else ``$WEBAPP_INI``, else ``./webapp.ini``."""
+    return Path(path or os.environ.get("WEBAPP_INI") or DEFAULT_INI)
 
 
 def load_settings(
-    path: str | os.PathLike[str] | None = None, overrides: dict[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Read ``path`` (default: env ``WEBAPP_INI``, else ``./webapp.ini``) plus overrides."""
-    ini = Path(path or os.environ.get("WEBAPP_INI") or DEFAULT_INI)
+    """Read the INI file (see :func:`ini_path`), then ``overrides``, then the environment."""
+    ini = ini_path(path)
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with ini.open(encoding="utf-8") as handle:
@@ -132,84 +365,5 @@ def load_settings(
         raise ConfigError(f"{ini}: no [{SECTION}] section")
     values = dict(parser.items(SECTION))
     values.update(overrides or {})
-    return Settings.from_mapping(values, ini.resolve().parent, str(ini))
-
-
-def _choice(
-    values: dict[str, str],
-    key: str,
-    allowed: tuple[str, ...],
-    source: str,
-    upper: bool = False,
-) -> str:
-    raw = values[key].strip()
-    value = raw.upper() if upper else raw.lower()
-    if value not in allowed:
-        raise ConfigError(f"{source}: {key} must be one of {', '.join(allowed)}, not {raw!r}")
-    return value
-
-
-def _boolean(values: dict[str, str], key: str, source: str) -> bool:
-    raw = values[key].strip().lower()
-    if raw in ("yes", "true", "on", "1"):
-        return True
-    if raw in ("no", "false", "off", "0", ""):
-        return False
-    raise ConfigError(f"{source}: {key} must be yes or no, not {values[key]!r}")
-
-
-def _positive(values: dict[str, str], key: str, source: str, kind: type) -> float:
-    try:
-        number = kind(values[key].strip())
-    except ValueError:
-        raise ConfigError(
-            f"{source}: {key} must be a positive number, not {values[key]!r}"
-        ) from None
-    if number <= 0:
-        raise ConfigError(f"{source}: {key} must be a positive number, not {values[key]!r}")
-    return number
-
-
-def _nameservers(raw: str, source: str) -> tuple[tuple[str, int], ...]:
-    servers = []
-    for item in (s.strip() for s in raw.split(",")):
-        if not item:
-            continue
-        host, port = item, 53
-        if item.startswith("["):  # [v6]:port
-            host, _, rest = item[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 53
-        elif item.count(":") == 1:
-            host, _, port_text = item.partition(":")
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise ConfigError(f"{source}: dns-nameservers has a bad port in {item!r}")
-            port = int(port_text)
-        if not host:
-            raise ConfigError(f"{source}: dns-nameservers has an empty host in {item!r}")
-        servers.append((_ip_address(host, source), port))
-    return tuple(servers)
-
-
-def _ip_address(host: str, source: str) -> str:
-    """The resolver needs addresses: a name such as ``localhost`` is resolved once, here."""
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    try:
-        return socket.getaddrinfo(host, 53, proto=socket.IPPROTO_UDP)[0][4][0]
-    except OSError:
-        raise ConfigError(f"{source}: dns-nameservers host {host!r} does not resolve") from None
-
-
-def _instant(raw: str, source: str) -> datetime | None:
-    raw = raw.strip()
-    if not raw or raw.lower() == "now":
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"{source}: verify-time must be an ISO 8601 UTC time, not {raw!r}"
-        ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    env = os.environ if environ is None else environ
+    return Settings.from_mapping(values, ini.resolve().parent, str(ini), env)

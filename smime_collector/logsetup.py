@@ -1,14 +1,97 @@
-"""The seed's log format, with exactly one file handler per logger and process."""
+"""Log handlers for entry points; library modules only ever call ``logging.getLogger(__name__)``.
+
+Everything the service logs goes through loggers under ``smime_collector``. An entry point (the
+web app, the CLI, the SMTP server) calls :func:`attach` once, which puts one handler on that
+logger for the configured ``log-file`` and ``log-format``, and then wraps each unit of work
+(a request, a file, an SMTP transaction) in :func:`context`, which gives every line of it the
+same request id and routes it to that entry point's handler only: two apps in one process (tests
+build many) never write into each other's files.
+
+The text format is the seed's, with the request id as a field of its own:
+``%(asctime)s,%(entry)s,%(levelname)s,%(request_id)s,%(message)s``.
+
+Files are opened with :class:`logging.handlers.WatchedFileHandler` and never rotated by the
+service: with several gunicorn workers, each rotating by itself deleted the others' day
+(``TimedRotatingFileHandler`` removes an existing target). logrotate renames the file, and every
+worker reopens the new one at its next line (``contrib/logrotate.conf``). ``log-file = -`` logs
+to standard error for journald instead.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import json
 import logging
 import re
-from logging.handlers import TimedRotatingFileHandler
+import secrets
+import sys
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from logging.handlers import WatchedFileHandler
 from pathlib import Path
 
-LOG_FORMAT = "%(asctime)s,%(name)s,%(levelname)s,%(message)s"
+ROOT = "smime_collector"
+TEXT_FORMAT = "%(asctime)s,%(entry)s,%(levelname)s,%(request_id)s,%(message)s"
+NO_REQUEST = "-"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class _Scope:
+    sink: int
+    request_id: str
+
+
+_scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("log_scope", default=None)
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(6)
+
+
+def request_id_from(value: str | None) -> str:
+    """A caller-supplied id (``X-Request-Id``) when it is safe to log as is, else a new one."""
+    if value and _REQUEST_ID.match(value):
+        return value
+    return new_request_id()
+
+
+def current_request_id() -> str:
+    scope = _scope.get()
+    return scope.request_id if scope else NO_REQUEST
+
+
+class _Dispatch(logging.Handler):
+    """The one handler on the ``smime_collector`` logger: sends each record to the sink of the
+    unit of work it was logged in, or to every live sink when it was logged outside any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sinks: weakref.WeakValueDictionary[int, LogSink] = weakref.WeakValueDictionary()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        scope = _scope.get()
+        if scope is None:
+            targets = list(self.sinks.values())
+            rid = NO_REQUEST
+        else:
+            sink = self.sinks.get(scope.sink)
+            targets = [] if sink is None else [sink]
+            rid = scope.request_id
+        for sink in targets:
+            record.entry = sink.entry
+            record.request_id = rid
+            sink.handler.handle(record)
+        return bool(targets)
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() routes
+        raise NotImplementedError
+
+
+_dispatch = _Dispatch()
 
 
 class OneLineFormatter(logging.Formatter):
@@ -17,28 +100,80 @@ class OneLineFormatter(logging.Formatter):
     appended after the message, keep their line breaks."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _CONTROL.sub(_escape, record.message)
+        record.message = one_line(record.message)
         return super().formatMessage(record)
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line; the verdict line also carries its fields (``extra=``)."""
+
+    FIELDS = ("outcome", "reason", "email", "message_id", "intake", "location")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "entry": getattr(record, "entry", ""),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", NO_REQUEST),
+            "message": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def one_line(message: str) -> str:
+    return _CONTROL.sub(_escape, message)
 
 
 def _escape(match: re.Match[str]) -> str:
     return match.group().encode("unicode_escape").decode("ascii")
 
 
-def get_logger(name: str, log_file: Path, level: str = "INFO") -> logging.Logger:
-    """Return ``name``'s logger writing to ``log_file``; calling again never adds a duplicate."""
-    logger = logging.getLogger(name)
-    target = str(log_file.resolve())
-    for handler in list(logger.handlers):
-        if getattr(handler, "baseFilename", None) == target:
-            logger.setLevel(level)
-            return logger
-        logger.removeHandler(handler)
-        handler.close()
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = TimedRotatingFileHandler(target, when="midnight", backupCount=10, encoding="utf-8")
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-    return logger
+class LogSink:
+    """One entry point's handler; :meth:`context` scopes a unit of work to it. The handler is
+    closed when the sink is no longer referenced (tests build hundreds of apps)."""
+
+    def __init__(self, handler: logging.Handler, entry: str) -> None:
+        self.handler = handler
+        self.entry = entry
+        self._finalizer = weakref.finalize(self, handler.close)
+
+    @contextlib.contextmanager
+    def context(self, request_id: str | None = None) -> Iterator[str]:
+        """Lines logged inside go to this sink only, with ``request_id`` (new when ``None``)."""
+        rid = request_id or new_request_id()
+        token = _scope.set(_Scope(id(self), rid))
+        try:
+            yield rid
+        finally:
+            _scope.reset(token)
+
+    def close(self) -> None:
+        _dispatch.sinks.pop(id(self), None)
+        self._finalizer()
+
+
+def attach(entry: str, log_file: Path | None, level: str = "INFO", fmt: str = "text") -> LogSink:
+    """A sink for ``entry`` writing to ``log_file`` (``None``: standard error)."""
+    if log_file is None:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = WatchedFileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(JSONFormatter() if fmt == "json" else OneLineFormatter(TEXT_FORMAT))
+    handler.setLevel(level)
+    sink = LogSink(handler, entry)
+    _dispatch.sinks[id(sink)] = sink
+    root = logging.getLogger(ROOT)
+    if _dispatch not in root.handlers:
+        root.addHandler(_dispatch)
+    root.propagate = False
+    # The logger lets through what the most verbose live sink wants, and no more: a DEBUG
+    # line nobody writes would still cost its formatting.
+    root.setLevel(min(s.handler.level for s in _dispatch.sinks.values()))
+    return sink

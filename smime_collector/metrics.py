@@ -29,7 +29,9 @@ from smime_collector.verdict import Outcome, Verdict
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 MESSAGES = Counter(
-    "smime_messages_total", "Messages judged, by outcome and reason.", ["outcome", "reason"]
+    "smime_messages_total",
+    "Messages judged, by outcome, reason and the intake they came through.",
+    ["outcome", "reason", "intake"],
 )
 REQUESTS = Counter("smime_requests_total", "Relay webhook requests, by HTTP status.", ["status"])
 REQUEST_SECONDS = Histogram(
@@ -43,8 +45,8 @@ DNS_CACHE_HITS = Counter("smime_dkim_dns_cache_hits_total", "DKIM keys served fr
 STORED = Counter("smime_certificates_stored_total", "Certificates written to the folder.")
 
 
-def record_verdict(verdict: Verdict) -> None:
-    MESSAGES.labels(verdict.outcome.value, verdict.reason).inc()
+def record_verdict(verdict: Verdict, intake: str) -> None:
+    MESSAGES.labels(verdict.outcome.value, str(verdict.reason), intake).inc()
     if verdict.outcome is Outcome.STORED:
         STORED.inc()
 

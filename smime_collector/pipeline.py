@@ -1,4 +1,4 @@
-"""The only place that orders the stages: bytes in, one :class:`Verdict` out.
+"""The only place that orders the stages: a :class:`Delivery` in, one :class:`Verdict` out.
 
 parse → safe address → find the S/MIME layer → DKIM → CMS signature → certificate policy →
 store. Each stage answers with a :class:`Check`; the first failure decides the verdict.
@@ -6,17 +6,20 @@ store. Each stage answers with a :class:`Check`; the first failure decides the v
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from smime_collector import certpolicy, metrics
-from smime_collector.certstore import CertStore, unsafe_address
+from smime_collector import certpolicy, logsetup, metrics
 from smime_collector.config import Settings
+from smime_collector.deadline import Deadline
+from smime_collector.delivery import Delivery
 from smime_collector.dkimcheck import check_dkim
 from smime_collector.dnskeys import KeyResolver
 from smime_collector.message import MalformedMessage, ParsedMessage, parse_message
@@ -26,62 +29,106 @@ from smime_collector.smime import (
     find_signature,
     verify_signed_data,
 )
+from smime_collector.store import CertStore, open_store
 from smime_collector.trust import TrustAnchors, fingerprint
-from smime_collector.verdict import Check, Outcome, Verdict
+from smime_collector.verdict import Check, Outcome, Reason, Verdict
+
+log = logging.getLogger(__name__)
+MAX_LOGGED_MESSAGE_ID = 200
 
 
 @dataclass
 class Collector:
-    """Per-process state built once from the settings: anchors, DNS resolver, store, logger."""
+    """Per-process state built once from the settings: anchors, DNS resolver, store, and the
+    entry point's log sink (``None``: lines go wherever the caller's logging sends them)."""
 
     settings: Settings
     anchors: TrustAnchors
     resolver: KeyResolver
     store: CertStore
-    log: logging.Logger
+    sink: logsetup.LogSink | None = None
 
     @classmethod
-    def build(cls, settings: Settings, log: logging.Logger) -> Collector:
-        store = CertStore(settings.user_certs_dir)
-        store.ensure()
+    def build(cls, settings: Settings, sink: logsetup.LogSink | None = None) -> Collector:
+        store = open_store(settings)
+        store.prepare()
         return cls(
             settings,
             TrustAnchors(list(settings.trusted_certs)),
             KeyResolver(list(settings.dns_nameservers), settings.dns_timeout),
             store,
-            log,
+            sink,
         )
 
-    def read_smime_email(self, raw: bytes, received_at: datetime | None = None) -> Verdict:
+    def read_smime_email(
+        self, raw: bytes, received_at: datetime | None = None, intake: str = "cli"
+    ) -> Verdict:
+        """Judge one raw message (the seed's entry point); see :meth:`judge`."""
+        if received_at is None:
+            return self.judge(Delivery(raw, intake))
+        return self.judge(Delivery(raw, intake, received_at))
+
+    def judge(self, delivery: Delivery, deadline: Deadline | None = None) -> Verdict:
         """Judge one message and store its sender's certificate when every check passes.
 
-        An unexpected error costs this message a ``tempfail`` (the relay retries), never the
+        An unexpected error costs this message a ``tempfail`` (the sender retries), never the
         worker or the rest of the batch.
         """
-        try:
-            verdict = self._judge(raw, received_at)
-        except Exception:
-            self.log.exception("| unexpected error while judging this message")
-            verdict = Verdict(Outcome.TEMPFAIL, "internal-error", detail="see traceback in log")
-        metrics.record_verdict(verdict)
-        self.log.info(
-            "| outcome=%s,reason=%s,email=%s",
-            verdict.outcome.value,
-            verdict.reason,
-            verdict.email,
-        )
-        return verdict
+        with self._scope():
+            try:
+                verdict, message_id = self._judge(delivery, deadline or Deadline.never())
+            except Exception:
+                log.exception("| unexpected error while judging this message")
+                verdict = Verdict(
+                    Outcome.TEMPFAIL, Reason.INTERNAL_ERROR, detail="see traceback in log"
+                )
+                message_id = None
+            metrics.record_verdict(verdict, delivery.intake)
+            log.log(
+                _level(verdict),
+                "| outcome=%s,reason=%s,email=%s,message_id=%s,intake=%s",
+                verdict.outcome.value,
+                verdict.reason,
+                verdict.email,
+                message_id,
+                delivery.intake,
+                extra={
+                    "outcome": verdict.outcome.value,
+                    "reason": str(verdict.reason),
+                    "email": verdict.email,
+                    "message_id": message_id,
+                    "intake": delivery.intake,
+                    "location": verdict.location,
+                },
+            )
+            return verdict
 
-    def _judge(self, raw: bytes, received_at: datetime | None) -> Verdict:
-        log = self.log.info
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[None]:
+        """Lines of this message go to this collector's sink, inside the caller's request
+        scope when there is one, else in a scope of their own."""
+        if self.sink is None or logsetup.current_request_id() != logsetup.NO_REQUEST:
+            yield
+            return
+        with self.sink.context():
+            yield
+
+    def _judge(self, delivery: Delivery, deadline: Deadline) -> tuple[Verdict, str | None]:
         with metrics.stage("parse"):
-            parsed = parse_message(raw)
+            parsed = parse_message(delivery.raw)
         if isinstance(parsed, Check):
-            return self._reject(parsed, None)
+            return self._reject(parsed, None), None
+        message_id = _message_id(parsed)
+        return self._judge_parsed(parsed, delivery, deadline), message_id
+
+    def _judge_parsed(
+        self, parsed: ParsedMessage, delivery: Delivery, deadline: Deadline
+    ) -> Verdict:
+        info = log.info
         address = parsed.from_address
-        problem = unsafe_address(address)
+        problem = self.store.unsafe(address)
         if problem:
-            return self._reject(Check.fail("unsafe-address", problem), None)
+            return self._reject(Check.fail(Reason.UNSAFE_ADDRESS, problem), None)
         try:
             self._log_parts(parsed)
         except MalformedMessage as exc:
@@ -89,21 +136,21 @@ class Collector:
         part = find_signature(parsed.top)
         if isinstance(part, Check):
             return self._reject(part, address)
-        log("| filename=%s,bytes=%d", part.filename, len(part.cms_der))
+        info("| filename=%s,bytes=%d", part.filename, len(part.cms_der))
         if self.settings.dkim == "require":
             with metrics.stage("dkim"):
                 dkim = self._check_dkim(parsed)
             if not dkim.ok:
-                log("| from=%s,%s", address, dkim.detail)
+                info("| from=%s,%s", address, dkim.detail)
                 return self._reject(dkim, address)
-            log("| %s", dkim.detail)
+            info("| %s", dkim.detail)
         with metrics.stage("cms"):
             signed = verify_signed_data(part)
         if isinstance(signed, Check):
             return self._reject(signed, address)
         for cert in signed.certificates:
-            log_certificate(self.log, cert)
-        at = self.settings.verify_time or received_at or datetime.now(UTC)
+            log_certificate(log, cert)
+        at = self.settings.verify_time or delivery.received_at
         failures: list[Check] = []
         for signer in signed.signers:
             with metrics.stage("chain"):
@@ -131,8 +178,8 @@ class Collector:
         at: datetime,
     ) -> x509.Certificate | Check:
         """The signer's certificate if it can receive encrypted mail, else its preferred twin."""
-        log = self.log.info
-        log(
+        info = log.info
+        info(
             "| signer serial=%x,digest=%s,signature=%s,signature verified",
             signer.cert.serial_number,
             signer.digest,
@@ -143,24 +190,24 @@ class Collector:
                 "weak-algorithm",
                 f"signature digest {signer.digest} is too weak (allow-sha1 = no)",
             )
-            log("| check digest: FAIL weak-algorithm,%s", check.detail)
+            info("| check digest: FAIL weak-algorithm,%s", check.detail)
             return check
         anchors = self.anchors.current()
         candidate = certpolicy.Candidate(signer.cert, bag, anchors, at, msg.from_address)
-        check = certpolicy.judge(candidate, certpolicy.SIGNER_RULES, log)
+        check = certpolicy.judge(candidate, certpolicy.SIGNER_RULES, info)
         if not check.ok:
             return check
         usable = certpolicy.check_encryption_usage(candidate)
         if usable.ok:
-            log("| check encryption_usage: ok,%s", usable.detail)
+            info("| check encryption_usage: ok,%s", usable.detail)
             return signer.cert
         preferred = signer.encryption_preference
         if preferred is None or preferred == signer.cert:
-            log("| check encryption_usage: FAIL wrong-key-usage,%s", usable.detail)
+            info("| check encryption_usage: FAIL wrong-key-usage,%s", usable.detail)
             return usable
-        log("| signer certificate is signing-only; checking its encryption key preference")
+        info("| signer certificate is signing-only; checking its encryption key preference")
         twin = certpolicy.Candidate(preferred, bag, anchors, at, msg.from_address)
-        check = certpolicy.judge(twin, certpolicy.ENCRYPTION_RULES, log)
+        check = certpolicy.judge(twin, certpolicy.ENCRYPTION_RULES, info)
         return preferred if check.ok else check
 
     def _store(self, address: str, cert: x509.Certificate) -> Verdict:
@@ -168,24 +215,41 @@ class Collector:
         email = address.lower()
         if not result.check.ok:
             return self._reject(result.check, email)
-        path = str(result.path)
+        where = result.location
         if result.changed:
-            self.log.info("| written file %s,bytes=%d,ok=True", path, result.size)
-            return Verdict(Outcome.STORED, "ok", email, path, result.check.detail)
-        self.log.info("| file %s already holds this certificate", path)
-        return Verdict(Outcome.UNCHANGED, "ok", email, path, result.check.detail)
+            log.info("| written %s,bytes=%d,ok=True", where, result.size)
+            return Verdict(Outcome.STORED, Reason.OK, email, where, result.check.detail)
+        log.info("| %s already holds this certificate", where)
+        return Verdict(Outcome.UNCHANGED, Reason.OK, email, where, result.check.detail)
 
     def _reject(self, check: Check, email: str | None) -> Verdict:
-        self.log.info("| %s: %s", check.reason, check.detail)
+        log.info("| %s: %s", check.reason, check.detail)
         return Verdict.from_check(check, email.lower() if email else None)
 
     def _log_parts(self, msg: ParsedMessage) -> None:
         for entity in msg.top.walk():
-            self.log.info(
+            log.info(
                 "| content-type=%s,content-description=%s",
                 entity.content_type,
                 _clip(entity.headers.get("content-description")),
             )
+
+
+def _level(verdict: Verdict) -> int:
+    """The outcome line's level: a retry is worth a look, an unexpected error always is."""
+    if verdict.reason == Reason.INTERNAL_ERROR:
+        return logging.ERROR
+    if verdict.outcome is Outcome.TEMPFAIL:
+        return logging.WARNING
+    return logging.INFO
+
+
+def _message_id(parsed: ParsedMessage) -> str | None:
+    value = parsed.top.headers.get("message-id")
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text[:MAX_LOGGED_MESSAGE_ID] if text else None
 
 
 def _clip(value: object, limit: int = 200) -> object:

@@ -18,35 +18,90 @@ class Outcome(StrEnum):
     TEMPFAIL = "tempfail"
 
 
-#: Reason codes, each with the sentence the README's table uses.
-REASONS: dict[str, str] = {
-    "ok": "The certificate was stored, or the same one was already stored.",
-    "dkim-missing": "The message has no DKIM signature, so its From: address cannot be trusted.",
-    "dkim-invalid": "No DKIM signature verifies (bad signature, bad or weak key, partial body).",
-    "dkim-misaligned": "A DKIM signature verifies, but for a domain other than the From: domain.",
-    "not-signed": "The message carries no S/MIME signature (plain, encrypted-only or certs-only).",
-    "bad-signature": "The S/MIME signature does not match the message: altered or corrupt.",
-    "no-certificate": "The signer's certificate is not in the message.",
-    "untrusted": "The certificate does not chain to a trusted root for email.",
-    "expired": "The certificate (or one above it) had expired at the verification time.",
-    "not-yet-valid": "The certificate (or one above it) was not yet valid when verified.",
-    "email-mismatch": "The certificate is for an address other than the From: address.",
-    "wrong-key-usage": "The certificate may not be used for email protection or encryption.",
-    "weak-algorithm": "The signature uses a weak algorithm (SHA-1, MD5, small keys).",
-    "malformed": "The message or signature cannot be parsed, or exceeds a safety bound.",
-    "older-than-stored": "A newer certificate is already stored for this address.",
-    "unsafe-address": "The From: address cannot be used safely as a file name.",
-    "dns-error": "A DNS lookup for the DKIM key timed out or failed; the relay should retry.",
-    "store-error": "The certificate could not be written (disk full, read-only, permissions).",
-    "internal-error": "An unexpected error; logged with its traceback; the relay should retry.",
-}
+class Reason(StrEnum):
+    """Every reason code a verdict can carry; each member's ``explanation`` is the sentence the
+    README's table shows (``tests/test_docs.py`` checks the two agree)."""
+
+    explanation: str
+
+    def __new__(cls, code: str, explanation: str) -> Reason:
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.explanation = explanation
+        return member
+
+    OK = "ok", "The certificate was stored, or the same one was already stored."
+    DKIM_MISSING = (
+        "dkim-missing",
+        "The message has no DKIM signature, so its From: address cannot be trusted.",
+    )
+    DKIM_INVALID = (
+        "dkim-invalid",
+        "No DKIM signature verifies (bad signature, bad or weak key, partial body).",
+    )
+    DKIM_MISALIGNED = (
+        "dkim-misaligned",
+        "A DKIM signature verifies, but for a domain other than the From: domain.",
+    )
+    NOT_SIGNED = (
+        "not-signed",
+        "The message carries no S/MIME signature (plain, encrypted-only or certs-only).",
+    )
+    BAD_SIGNATURE = (
+        "bad-signature",
+        "The S/MIME signature does not match the message: altered or corrupt.",
+    )
+    NO_CERTIFICATE = "no-certificate", "The signer's certificate is not in the message."
+    UNTRUSTED = "untrusted", "The certificate does not chain to a trusted root for email."
+    EXPIRED = "expired", "The certificate (or one above it) had expired at the verification time."
+    NOT_YET_VALID = (
+        "not-yet-valid",
+        "The certificate (or one above it) was not yet valid when verified.",
+    )
+    EMAIL_MISMATCH = (
+        "email-mismatch",
+        "The certificate is for an address other than the From: address.",
+    )
+    WRONG_KEY_USAGE = (
+        "wrong-key-usage",
+        "The certificate may not be used for email protection or encryption.",
+    )
+    WEAK_ALGORITHM = (
+        "weak-algorithm",
+        "The signature uses a weak algorithm (SHA-1, MD5, small keys).",
+    )
+    MALFORMED = (
+        "malformed",
+        "The message or signature cannot be parsed, or exceeds a safety bound.",
+    )
+    OLDER_THAN_STORED = (
+        "older-than-stored",
+        "A newer certificate is already stored for this address.",
+    )
+    UNSAFE_ADDRESS = "unsafe-address", "The From: address cannot be used safely as a file name."
+    DNS_ERROR = (
+        "dns-error",
+        "A DNS lookup for the DKIM key timed out or failed; the relay should retry.",
+    )
+    STORE_ERROR = (
+        "store-error",
+        "The certificate could not be written (disk full, read-only, permissions).",
+    )
+    INTERNAL_ERROR = (
+        "internal-error",
+        "An unexpected error; logged with its traceback; the relay should retry.",
+    )
+
+
+#: Reason code → sentence, for callers that want the table as a mapping.
+REASONS: dict[str, str] = {reason.value: reason.explanation for reason in Reason}
 
 
 @dataclass(frozen=True)
 class Check:
     """A stage's answer: ``reason`` is ``"ok"`` when it passed; ``detail`` says why in words."""
 
-    reason: str
+    reason: Reason
     detail: str = ""
     tempfail: bool = False
 
@@ -56,17 +111,17 @@ class Check:
 
     @classmethod
     def passed(cls, detail: str = "") -> Check:
-        return cls("ok", _one_line(detail))
+        return cls(Reason.OK, _one_line(detail))
 
     @classmethod
-    def fail(cls, reason: str, detail: str) -> Check:
-        assert reason in REASONS, reason
-        return cls(reason, _one_line(detail))
+    def fail(cls, reason: Reason | str, detail: str) -> Check:
+        """A final failure; ``reason`` must be a known code (a typo is a programming error)."""
+        return cls(Reason(reason), _one_line(detail))
 
     @classmethod
-    def retry(cls, reason: str, detail: str) -> Check:
-        assert reason in REASONS, reason
-        return cls(reason, _one_line(detail), tempfail=True)
+    def retry(cls, reason: Reason | str, detail: str) -> Check:
+        """A failure a later attempt may cure: the message ends ``tempfail``."""
+        return cls(Reason(reason), _one_line(detail), tempfail=True)
 
 
 def _one_line(text: str) -> str:
@@ -77,12 +132,16 @@ def _one_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """How one message ended. Everything downstream derives from this value."""
+    """How one message ended. Everything downstream derives from this value.
+
+    ``location`` is where the certificate is kept, as the store describes it: a file path for
+    the folder, ``postgresql:<address>`` for the database.
+    """
 
     outcome: Outcome
-    reason: str
+    reason: Reason
     email: str | None = None
-    path: str | None = None
+    location: str | None = None
     detail: str = ""
 
     @classmethod
@@ -92,13 +151,20 @@ class Verdict:
 
     @property
     def final(self) -> bool:
-        """A final verdict needs no retry by the relay."""
+        """A final verdict needs no retry by the sender."""
         return self.outcome is not Outcome.TEMPFAIL
 
+    @property
+    def explanation(self) -> str:
+        """The plain-words sentence for the reason code."""
+        return Reason(self.reason).explanation
+
     def as_dict(self) -> dict[str, str | None]:
+        """The JSON form; ``path`` is the 1.0 name of ``location``, kept for existing readers."""
         return {
             "outcome": self.outcome.value,
-            "reason": self.reason,
+            "reason": str(self.reason),
             "email": self.email,
-            "path": self.path,
+            "location": self.location,
+            "path": self.location,
         }

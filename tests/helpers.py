@@ -55,8 +55,11 @@ def post_batch(client, events: list[dict[str, Any]], token: str = "test-token"):
     )
 
 
+#: The verdict line: time,entry,level,request id,| outcome=...,reason=...,email=...,message_id=...
 OUTCOME_LINE = re.compile(
-    r"^[\d-]+ [\d:,]+,[\w.-]+,\w+,\| outcome=(\w+),reason=([\w-]+),email=(\S+)$", re.MULTILINE
+    r"^[\d-]+ [\d:,]+,[\w.-]+,(?:INFO|WARNING|ERROR),[\w.:-]+,"
+    r"\| outcome=(\w+),reason=([\w-]+),email=([^,\s]*),message_id=.*,intake=[\w-]+$",
+    re.MULTILINE,
 )
 
 

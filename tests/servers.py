@@ -49,14 +49,19 @@ def gunicorn_env(ini: Path, port: int, workers: int, folder: Path) -> dict[str, 
 
 
 def start_gunicorn(
-    ini: Path, folder: Path, workers: int = 2, extra: tuple[str, ...] = ()
+    ini: Path,
+    folder: Path,
+    workers: int = 2,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Gunicorn:
-    """Run ``gunicorn -c gunicorn.conf.py webapp:app`` from the repo, as ``make run`` does."""
+    """Run ``python -m smime_collector.serve`` (gunicorn with ``gunicorn.conf.py``) from the
+    repo, as ``make run`` does; ``extra`` arguments go to gunicorn."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", *extra, "webapp:app"],
+        [sys.executable, "-m", "smime_collector.serve", *extra],
         cwd=REPO,
-        env=gunicorn_env(ini, port, workers, folder),
+        env={**gunicorn_env(ini, port, workers, folder), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -76,7 +76,7 @@ class Scene:
     def attack(self, raw: bytes, reason: str) -> Verdict:
         verdict = self.collector.read_smime_email(raw)
         assert (verdict.outcome, verdict.reason) == (Outcome.REJECTED, reason), verdict
-        assert verdict.path is None
+        assert verdict.location is None
         self.assert_untouched()
         return verdict
 
@@ -91,7 +91,7 @@ class Scene:
 @pytest.fixture
 def scene(tmp_path, make_settings, mail, certs) -> Scene:
     settings = make_settings(trusted_certs=str(mail.ca_file))
-    collector: Collector = create_app(settings).extensions["collector"]
+    collector: Collector = create_app(settings).extensions["smime_collector"].collector
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious.txt").write_bytes(b"not the collector's to touch\n")

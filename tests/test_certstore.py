@@ -21,9 +21,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from smime_collector import certstore
-from smime_collector.certstore import HISTORY, LOCKS, CertStore, unsafe_address
 from smime_collector.pipeline import Collector
+from smime_collector.store import folder as certstore
+from smime_collector.store.folder import HISTORY, LOCKS, unsafe_address
+from smime_collector.store.folder import FolderStore as CertStore
 from smime_collector.trust import fingerprint
 from smime_collector.verdict import Outcome
 from tests import pki
@@ -85,7 +86,7 @@ def test_a_write_is_one_pem_block_readable_by_everyone(store, make_cert) -> None
         os.umask(old_umask)
     assert (result.check.reason, result.changed) == ("ok", True)
     path = store.folder / f"{ADDRESS}.crt"
-    assert result.path == path and result.size == path.stat().st_size
+    assert result.location == str(path) and result.size == path.stat().st_size
     assert stat.S_ISREG(path.lstat().st_mode)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     data = path.read_bytes()
@@ -256,7 +257,7 @@ def test_the_same_certificate_again_is_unchanged_and_not_rewritten(store, make_c
     path = store.folder / f"{ADDRESS}.crt"
     before = path.stat()
     result = store.save(ADDRESS.upper(), cert)
-    assert (result.check.reason, result.changed, result.path) == ("ok", False, path)
+    assert (result.check.reason, result.changed, result.location) == ("ok", False, str(path))
     assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
@@ -336,7 +337,7 @@ def mail(dns_server, tmp_path_factory: pytest.TempPathFactory) -> MailFactory:
 def make_collector(make_settings, mail) -> Callable[..., Collector]:
     def build(**overrides: str) -> Collector:
         settings = make_settings(trusted_certs=str(mail.ca_file), **overrides)
-        return create_app(settings).extensions["collector"]
+        return create_app(settings).extensions["smime_collector"].collector
 
     return build
 
@@ -351,7 +352,7 @@ def test_pipeline_rejects_an_unsafe_address_and_writes_nothing(
     assert mail.identity(address).email == address
     before = all_names(tmp_path)
     verdict = collector.read_smime_email(raw)
-    assert (verdict.outcome, verdict.reason, verdict.path) == (
+    assert (verdict.outcome, verdict.reason, verdict.location) == (
         Outcome.REJECTED,
         "unsafe-address",
         None,

@@ -76,6 +76,6 @@ def test_seed_ca_bundle_gives_the_same_answer(make_settings) -> None:
 def test_verifying_now_finds_bobs_certificate_expired(make_settings) -> None:
     """Without verify-time the 2018 certificate is judged today: expired, nothing stored."""
     client = create_app(make_settings()).test_client()
-    settings = client.application.extensions["collector"].settings
+    settings = client.application.extensions["smime_collector"].collector.settings
     assert post_batch(client, [relay_event(ROWS[0].raw)]).status_code == 200
     assert logged_verdicts(settings.log_file)[-1][:2] == ("rejected", "expired")

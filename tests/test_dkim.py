@@ -49,7 +49,7 @@ def make_app(make_settings, mail: MailFactory) -> Callable[..., object]:
 
 @pytest.fixture
 def collector(make_app) -> Collector:
-    return make_app().extensions["collector"]
+    return make_app().extensions["smime_collector"].collector
 
 
 def judge(collector: Collector, raw: bytes) -> Verdict:
@@ -107,7 +107,7 @@ def test_a_valid_aligned_signature_is_stored(collector, mail) -> None:
     assert dkimpy_accepts(raw, mail)
     verdict = assert_stored(collector, raw, ALICE)
     assert "DKIM passed" in collector.settings.log_file.read_text()
-    assert verdict.path == str(collector.store.folder / f"{ALICE}.crt")
+    assert verdict.location == str(collector.store.folder / f"{ALICE}.crt")
 
 
 @pytest.mark.parametrize("broken", ["unknown-selector", "wrong-key"])
@@ -262,21 +262,21 @@ def test_relaxed_alignment_accepts_a_parent_domain(collector, mail) -> None:
 
 
 def test_strict_alignment_rejects_a_parent_domain(make_app, mail) -> None:
-    collector = make_app(dkim_alignment="strict").extensions["collector"]
+    collector = make_app(dkim_alignment="strict").extensions["smime_collector"].collector
     raw = mail.signed(SUB, dkim_domain="example.com")
     verdict = assert_rejected(collector, raw, "dkim-misaligned")
     assert "d=example.com" in verdict.detail
 
 
 def test_strict_alignment_accepts_the_exact_domain(make_app, mail) -> None:
-    collector = make_app(dkim_alignment="strict").extensions["collector"]
+    collector = make_app(dkim_alignment="strict").extensions["smime_collector"].collector
     assert_stored(collector, mail.signed(SUB), SUB)
 
 
 @pytest.mark.parametrize("mode", ["relaxed", "strict"])
 @pytest.mark.parametrize("domain", ["other.example", "com", "notexample.com", "sub.example.com"])
 def test_other_domains_never_align(make_app, mail, mode, domain) -> None:
-    collector = make_app(dkim_alignment=mode).extensions["collector"]
+    collector = make_app(dkim_alignment=mode).extensions["smime_collector"].collector
     raw = mail.signed(ALICE, dkim_domain=domain)
     assert dkimpy_accepts(raw, mail)
     assert_rejected(collector, raw, "dkim-misaligned")
@@ -309,13 +309,13 @@ def test_dns_timeout_or_servfail_is_tempfail(make_app, mail, dns, mode) -> None:
     app = make_app()
     raw = mail.signed(ALICE)
     dns.mode = mode
-    verdict = app.extensions["collector"].read_smime_email(raw)
+    verdict = app.extensions["smime_collector"].collector.read_smime_email(raw)
     assert (verdict.outcome, verdict.reason) == (Outcome.TEMPFAIL, "dns-error")
     assert post_batch(app.test_client(), [relay_event(raw)]).status_code == 503
-    assert stored_files(app.extensions["collector"]) == []
+    assert stored_files(app.extensions["smime_collector"].collector) == []
     dns.mode = "normal"
     assert post_batch(app.test_client(), [relay_event(raw)]).status_code == 200
-    assert stored_files(app.extensions["collector"]) == [f"{ALICE}.crt"]
+    assert stored_files(app.extensions["smime_collector"].collector) == [f"{ALICE}.crt"]
 
 
 def test_a_key_that_is_not_published_is_dkim_invalid(collector, mail, dns) -> None:
@@ -336,7 +336,7 @@ def test_a_key_record_that_does_not_parse_is_dkim_invalid(collector, mail, recor
 
 
 def test_keys_are_cached_per_process_for_their_ttl(make_app, mail, dns) -> None:
-    collector = make_app().extensions["collector"]
+    collector = make_app().extensions["smime_collector"].collector
     first, second = mail.signed("e@cached.example"), mail.signed("f@cached.example")
     dns.reset_queries()
     assert_stored(collector, first, "e@cached.example")
@@ -348,7 +348,7 @@ def test_keys_are_cached_per_process_for_their_ttl(make_app, mail, dns) -> None:
 
 
 def test_a_cached_key_expires_with_its_ttl(make_app, mail, dns) -> None:
-    collector = make_app().extensions["collector"]
+    collector = make_app().extensions["smime_collector"].collector
     first, second = mail.signed("g@short.example"), mail.signed("h@short.example")
     mail.publish("short.example", mail.dkim_key("short.example"), ttl=1)
     dns.reset_queries()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -64,22 +65,44 @@ def test_newman_replay_stores_bobs_certificate(service) -> None:
     assert sha256_of_pem(cert) == POSTMAN_ROW.fingerprint
     assert visible_files(folder / "certs") == [cert.name]
     log = (folder / "webapp.log").read_text("utf-8")
-    expected = [
-        "Request from 127.0.0.1,scheme=http,path=/",
-        "| len(headers)=",
-        "| msg_from=bob.lumreeker@gmail.com,rcpt_to=secureme@inbound.thetucks.com,len(email_rfc822)=",
-        "| from=bob.lumreeker@gmail.com,DKIM passed",
-        "| content-type=multipart/signed,content-description=None",
-        "| content-type=application/pkcs7-signature,content-description=S/MIME Cryptographic Signature",
-        "| filename=smime.p7s,bytes=",
-        "| Certificate: subject email_address=['bob.lumreeker@gmail.com'],not_valid_before=2018-10-03 00:00:00,not_valid_after=2019-10-03 23:59:59,hash_algorithm=sha256,key_size=2048 bits, issuer={",
-        f"| written file {cert},bytes=",
-        "| outcome=stored,reason=ok,email=bob.lumreeker@gmail.com",
-    ]
-    for line in expected:
-        assert line in log, line
+    assert_matches_readme_example(log.splitlines())
     assert log.count("Request from") == 1  # no duplicate handlers under gunicorn
-    assert ",webapp,INFO," in log
+
+
+def readme_log_example() -> list[str]:
+    """The log lines the README's "Log" section shows, in order."""
+    section = (REPO / "README.md").read_text("utf-8").split("\n## Log\n", 1)[1]
+    block = section.split("```\n", 2)[1]
+    return [line for line in block.splitlines() if line]
+
+
+def example_pattern(line: str) -> re.Pattern[str]:
+    """A README line as a pattern: any time, any request id, ``...`` for an elided tail, and
+    the certificate folder wherever this run put it."""
+    _time, entry, level, _rid, message = EXAMPLE_FIELDS.match(line).groups()
+    body = re.escape(message).replace(r"\.\.\.", ".*")
+    return re.compile(
+        rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}},{entry},{level},[0-9a-f]{{12}},{body}$"
+    )
+
+
+EXAMPLE_FIELDS = re.compile(r"^(\S+ \d\d:\d\d:\d\d,\d{3}),([\w.-]+),(\w+),([\w.:-]+),(.*)$")
+
+
+def assert_matches_readme_example(log: list[str]) -> None:
+    """Every README line appears in the log, in the README's order, one request id for all."""
+    example = readme_log_example()
+    assert len(example) >= 10, "the README's Log section lost its example"
+    at = 0
+    ids = set()
+    for line in example:
+        pattern = example_pattern(line)
+        while at < len(log) and not pattern.match(log[at]):
+            at += 1
+        assert at < len(log), f"README log line not found in this order: {line}"
+        ids.add(EXAMPLE_FIELDS.match(log[at])[4])
+        at += 1
+    assert len(ids) == 1, f"one request, one request id: {ids}"
 
 
 def test_curl_answers_like_the_readme_says(service) -> None:
@@ -104,6 +127,7 @@ def test_curl_answers_like_the_readme_says(service) -> None:
         ({"trusted-certs": "missing-bundle.pem"}, "missing-bundle.pem"),
         ({"dns-timeout": "soon"}, "dns-timeout"),
         ({"verify-time": "yesterday"}, "verify-time"),
+        ({"metric-token": "x"}, "metric-token"),  # a typo'd key stops start-up
     ],
 )
 def test_config_error_stops_start_up_with_one_line(tmp_path, values, key) -> None:

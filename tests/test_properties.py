@@ -45,13 +45,15 @@ from prometheus_client import REGISTRY
 from smime_collector import message as mime
 from smime_collector import smime
 from smime_collector.config import Settings
-from smime_collector.logsetup import get_logger
+from smime_collector.deadline import Deadline
+from smime_collector.delivery import Delivery
+from smime_collector.logsetup import attach
 from smime_collector.pipeline import Collector
 from smime_collector.verdict import Outcome, Verdict
 from tests import pki
 from tests.corpus import sparky_rows
 from tests.dnsserver import LoopbackDNS
-from tests.helpers import TOKEN_HEADER, post_batch, relay_event, sha256_of_pem
+from tests.helpers import OUTCOME_LINE, TOKEN_HEADER, post_batch, relay_event, sha256_of_pem
 from webapp import create_app
 
 CRLF = b"\r\n"
@@ -64,8 +66,10 @@ FINAL = {Outcome.STORED, Outcome.UNCHANGED, Outcome.REJECTED}
 
 #: The start of every record the log format writes; anything else on a line of its own is a
 #: traceback or a line break smuggled in by the message.
-RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3},[\w.-]+,(DEBUG|INFO|WARNING|ERROR),")
-VERDICT_LINE = re.compile(r"^[^|\n]*,INFO,\| outcome=(\w+),reason=([\w-]+),email=(\S*)$", re.M)
+RECORD = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3},[\w.-]+,(DEBUG|INFO|WARNING|ERROR),[\w.:-]+,"
+)
+VERDICT_LINE = OUTCOME_LINE
 TRACEBACK = "Traceback (most recent call last)"
 
 PROPERTY = settings(
@@ -224,7 +228,7 @@ def assert_final(verdict: Verdict, log_text: str, genuine: dict[str, str]) -> No
     assert [(o, r) for o, r, _ in logged] == [(verdict.outcome.value, verdict.reason)]
     if verdict.outcome is not Outcome.REJECTED:
         assert verdict.email in genuine, verdict
-        assert sha256_of_pem(Path(verdict.path)) == genuine[verdict.email]
+        assert sha256_of_pem(Path(verdict.location)) == genuine[verdict.email]
 
 
 @pytest.fixture
@@ -244,7 +248,7 @@ def make_judge(tmp_path: Path, dns_server: LoopbackDNS) -> Callable[..., Judge]:
             **{key.replace("_", "-"): value for key, value in overrides.items()},
         }
         settings_ = Settings.from_mapping(values, folder, "test")
-        log = get_logger(f"properties-{made}", settings_.log_file)
+        log = attach(f"properties-{made}", settings_.log_file)
         return Judge(Collector.build(settings_, log), LogTail(settings_.log_file))
 
     return build
@@ -468,7 +472,7 @@ def well_formed(event: Any) -> bool:
 @pytest.fixture
 def client(make_settings):
     app = create_app(make_settings(verify_time=BOB_TIME))
-    return app.test_client(), LogTail(app.extensions["collector"].settings.log_file)
+    return app.test_client(), LogTail(app.extensions["smime_collector"].collector.settings.log_file)
 
 
 @PROPERTY
@@ -847,15 +851,15 @@ class BuggyCollector(Collector):
     an unexpected library error would. (Every such error the properties found is fixed, so an
     honest input no longer reaches the net; the net itself is what is tested here.)"""
 
-    def _judge(self, raw: bytes, received_at: dt.datetime | None) -> Verdict:
-        if b"X-Plant-Bug: yes" in raw:
+    def _judge(self, delivery: Delivery, deadline: Deadline) -> tuple[Verdict, str | None]:
+        if b"X-Plant-Bug: yes" in delivery.raw:
             raise RuntimeError("a stage failed in a way nobody expected")
-        return super()._judge(raw, received_at)
+        return super()._judge(delivery, deadline)
 
 
 def test_unexpected_error_is_tempfail_and_the_app_serves_on(make_settings, mail) -> None:
     settings = make_settings(trusted_certs=str(mail.trust))
-    collector = BuggyCollector.build(settings, get_logger("webapp", settings.log_file))
+    collector = BuggyCollector.build(settings, attach("webapp", settings.log_file))
     client = create_app(settings, collector).test_client()
     good = mail.send(mail.signed_entity())
     trigger = b"X-Plant-Bug: yes\r\n" + good
@@ -870,7 +874,8 @@ def test_unexpected_error_is_tempfail_and_the_app_serves_on(make_settings, mail)
         ("unchanged", "ok"),
     ]
     metric = REGISTRY.get_sample_value(
-        "smime_messages_total", {"outcome": "tempfail", "reason": "internal-error"}
+        "smime_messages_total",
+        {"outcome": "tempfail", "reason": "internal-error", "intake": "sparkpost"},
     )
     assert metric is not None and metric >= 1
 

@@ -73,7 +73,7 @@ class Service:
 
     @property
     def collector(self) -> Collector:
-        return self.app.extensions["collector"]
+        return self.app.extensions["smime_collector"].collector
 
     @property
     def folder(self) -> Path:
@@ -982,10 +982,14 @@ def test_verdict_names_the_lower_case_address_and_path(world: World, service) ->
         "ok",
         "alice@example.com",
     )
-    assert verdict.path == str(svc.folder / "alice@example.com.crt")
+    assert verdict.location == str(svc.folder / "alice@example.com.crt")
     assert_only_stored(svc.folder, "alice@example.com", world.alice.cert)
     again = svc.collector.read_smime_email(to_lf(raw))
-    assert (again.outcome, again.reason, again.path) == (Outcome.UNCHANGED, "ok", verdict.path)
+    assert (again.outcome, again.reason, again.location) == (
+        Outcome.UNCHANGED,
+        "ok",
+        verdict.location,
+    )
 
 
 # -- with DKIM on ----------------------------------------------------------------------------

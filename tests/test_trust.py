@@ -25,7 +25,7 @@ def roots() -> tuple[pki.Identity, pki.Identity]:
 
 
 def _judge(settings: Settings, raw: bytes):
-    return create_app(settings).extensions["collector"].read_smime_email(raw)
+    return create_app(settings).extensions["smime_collector"].collector.read_smime_email(raw)
 
 
 def _signed(issuer: pki.Identity, email: str, not_before: datetime | None = None) -> bytes:

@@ -51,7 +51,7 @@ def test_empty_token_setting_disables_the_check_with_a_warning(make_settings) ->
     settings = make_settings(x_messagesystems_webhook_token="")
     client = create_app(settings).test_client()
     assert _post(client, "[]", token=None).status_code == 200
-    assert "EMPTY" in settings.log_file.read_text()
+    assert "x-messagesystems-webhook-token is empty" in settings.log_file.read_text()
 
 
 @pytest.mark.parametrize(
@@ -96,14 +96,14 @@ def test_a_bad_batch_item_judges_nothing(client) -> None:
     events = [relay_event(BOB.raw), {"msys": {}}]
     assert post_batch(client, events).status_code == 400
     assert not (
-        client.application.extensions["collector"].store.folder / f"{BOB.email}.crt"
+        client.application.extensions["smime_collector"].collector.store.folder / f"{BOB.email}.crt"
     ).exists()
 
 
 def test_base64_relay_content_is_decoded(client) -> None:
     response = post_batch(client, [relay_event(BOB.raw, as_base64=True)])
     assert response.status_code == 200
-    store = client.application.extensions["collector"].store
+    store = client.application.extensions["smime_collector"].collector.store
     assert (store.folder / f"{BOB.email}.crt").is_file()
 
 
@@ -112,7 +112,7 @@ def test_bad_message_does_not_stop_the_good_one(client) -> None:
     response = post_batch(client, [junk, relay_event(BOB.raw), relay_event(b"")])
     assert response.status_code == 200
     assert response.get_json() == {"message": "OK", "count": 3}
-    log_file = client.application.extensions["collector"].settings.log_file
+    log_file = client.application.extensions["smime_collector"].collector.settings.log_file
     assert [v[:2] for v in logged_verdicts(log_file)] == [
         ("rejected", "malformed"),
         ("stored", "ok"),
@@ -122,14 +122,14 @@ def test_bad_message_does_not_stop_the_good_one(client) -> None:
 
 def test_same_certificate_twice_is_unchanged(client) -> None:
     assert post_batch(client, [relay_event(BOB.raw), relay_event(BOB.raw)]).status_code == 200
-    log_file = client.application.extensions["collector"].settings.log_file
+    log_file = client.application.extensions["smime_collector"].collector.settings.log_file
     assert [v[0] for v in logged_verdicts(log_file)] == ["stored", "unchanged"]
 
 
 def test_dns_failure_is_503_and_the_retry_stores(client, dns) -> None:
     dns.mode = "servfail"
     assert post_batch(client, [relay_event(BOB.raw)]).status_code == 503
-    store = client.application.extensions["collector"].store
+    store = client.application.extensions["smime_collector"].collector.store
     assert not (store.folder / f"{BOB.email}.crt").exists()
     dns.mode = "normal"
     assert post_batch(client, [relay_event(BOB.raw)]).status_code == 200
@@ -140,7 +140,7 @@ def test_dns_timeout_is_503(client, dns) -> None:
     dns.mode = "drop"
     response = post_batch(client, [relay_event(BOB.raw)])
     assert response.status_code == 503
-    log_file = client.application.extensions["collector"].settings.log_file
+    log_file = client.application.extensions["smime_collector"].collector.settings.log_file
     assert logged_verdicts(log_file)[-1][:2] == ("tempfail", "dns-error")
 
 

@@ -1,4 +1,4 @@
-"""The certificate folder: ``<address>.crt`` files a reader can use, and nothing else visible.
+"""The folder backend: ``<address>.crt`` files a reader can use, and nothing else visible.
 
 Writes are atomic and durable (dot-prefixed temp file, fsync, rename, fsync of the folder),
 serialised per address with an ``fcntl`` lock so concurrent workers never tear a file, and never
@@ -14,14 +14,15 @@ import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from smime_collector.store.base import Decision, Entry, StoreResult, supersede
 from smime_collector.trust import CORRUPT_CERTIFICATE, fingerprint
-from smime_collector.verdict import Check
+from smime_collector.verdict import Check, Reason
 
 MAX_ADDRESS_LENGTH = 254
 HISTORY = ".history"
@@ -50,23 +51,34 @@ def unsafe_address(address: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class StoreResult:
-    check: Check
-    changed: bool = False
-    path: Path | None = None
-    size: int = 0
+class FolderStore:
+    """The embedded default store (``store = folder``): the layout the seed wrote."""
 
+    kind = "folder"
 
-class CertStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+
+    def unsafe(self, address: str) -> str | None:
+        return unsafe_address(address)
+
+    def location(self, address: str) -> str:
+        return str(self.path_for(address))
+
+    def prepare(self) -> None:
+        self.ensure()
 
     def ensure(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, address: str) -> Path:
         return self.folder / f"{address.lower()}.crt"
+
+    def get(self, address: str) -> x509.Certificate | None:
+        address = address.strip().lower()
+        if not address or unsafe_address(address):
+            return None
+        return self.read(address)
 
     def read(self, address: str) -> x509.Certificate | None:
         """The stored certificate, never following a symlink planted at its name."""
@@ -83,40 +95,60 @@ class CertStore:
         except CORRUPT_CERTIFICATE:
             return None  # a damaged file is replaced by a good certificate, never trusted
 
-    def save(self, address: str, cert: x509.Certificate) -> StoreResult:
+    def save(
+        self, address: str, cert: x509.Certificate, current_revoked: bool = False
+    ) -> StoreResult:
         """Store ``cert`` for ``address``: stored, unchanged, older-than-stored or store-error."""
         reason = unsafe_address(address)
         if reason:
-            return StoreResult(Check.fail("unsafe-address", reason))
+            return StoreResult(Check.fail(Reason.UNSAFE_ADDRESS, reason))
         address = address.lower()
         try:
             self.ensure()
             with self._locked(address):
-                return self._save_locked(address, cert)
+                return self._save_locked(address, cert, current_revoked)
         except OSError as exc:
-            return StoreResult(Check.retry("store-error", f"cannot write certificate: {exc}"))
+            return StoreResult(Check.retry(Reason.STORE_ERROR, f"cannot write certificate: {exc}"))
 
-    def _save_locked(self, address: str, cert: x509.Certificate) -> StoreResult:
+    def _save_locked(
+        self, address: str, cert: x509.Certificate, current_revoked: bool
+    ) -> StoreResult:
         path = self.path_for(address)
         current = self.read(address)
+        decision, why = supersede(current, cert, current_revoked)
+        if decision is Decision.UNCHANGED:
+            return StoreResult(Check.passed(why), False, str(path))
+        if decision is Decision.REFUSE_OLDER:
+            return StoreResult(Check.fail(Reason.OLDER_THAN_STORED, why))
         if current is not None:
-            if current == cert:
-                return StoreResult(
-                    Check.passed("the same certificate is already stored"), False, path
-                )
-            if cert.not_valid_before_utc < current.not_valid_before_utc:
-                return StoreResult(
-                    Check.fail(
-                        "older-than-stored",
-                        f"stored certificate is newer (notBefore "
-                        f"{current.not_valid_before_utc:%Y-%m-%d}) than this one "
-                        f"({cert.not_valid_before_utc:%Y-%m-%d})",
-                    )
-                )
             self._keep_history(address, current)
         data = cert.public_bytes(serialization.Encoding.PEM)
         self._write_atomic(self.folder, path.name, data)
-        return StoreResult(Check.passed("stored"), True, path, len(data))
+        return StoreResult(Check.passed("stored"), True, str(path), len(data))
+
+    def list(self, expiring_before: datetime | None = None) -> list[Entry]:
+        """Every stored certificate (sorted by address), optionally only those expiring soon."""
+        entries: list[Entry] = []
+        if not self.folder.is_dir():
+            return entries
+        for path in sorted(self.folder.glob("*.crt")):
+            if path.name.startswith(".") or path.is_symlink():
+                continue
+            try:
+                cert = x509.load_pem_x509_certificate(path.read_bytes())
+            except (OSError, *CORRUPT_CERTIFICATE):
+                continue
+            if expiring_before is not None and cert.not_valid_after_utc > expiring_before:
+                continue
+            entries.append(
+                Entry(
+                    path.name.removesuffix(".crt"),
+                    cert.issuer.rfc4514_string(),
+                    cert.not_valid_after_utc,
+                    fingerprint(cert),
+                )
+            )
+        return entries
 
     def _keep_history(self, address: str, cert: x509.Certificate) -> None:
         history = self.folder / HISTORY
@@ -156,11 +188,12 @@ class CertStore:
         finally:
             os.close(fd)
 
-    def writable(self) -> Check:
+    def health(self) -> Check:
+        """The folder exists (or can be made) and takes a new file."""
         try:
             self.ensure()
             with tempfile.TemporaryFile(prefix=".probe-", dir=self.folder):
                 pass
         except OSError as exc:
-            return Check.retry("store-error", f"{self.folder} is not writable: {exc}")
+            return Check.retry(Reason.STORE_ERROR, f"{self.folder} is not writable: {exc}")
         return Check.passed(f"{self.folder} is writable")

@@ -1,0 +1,63 @@
+"""gunicorn's own settings, read from the environment and validated with one line each.
+
+``gunicorn.conf.py`` applies them; keeping the reading here lets it be tested and lets a
+``WEB_CONCURRENCY=four`` or a ``TLS_CERT`` without ``TLS_KEY`` stop start-up with a sentence
+instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from smime_collector.config import ConfigError
+
+DEFAULT_BIND = "127.0.0.1:8855"
+#: Below SparkPost's webhook timeout, so a stuck request fails here first and the relay retries.
+DEFAULT_TIMEOUT = 25
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    bind: str
+    workers: int
+    worker_class: str
+    threads: int
+    timeout: int
+    accesslog: str
+    errorlog: str
+    certfile: str | None
+    keyfile: str | None
+
+
+def _count(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, not {raw!r}")
+    return int(raw)
+
+
+def server_options(environ: Mapping[str, str]) -> ServerOptions:
+    """The options from ``environ``; :class:`ConfigError` names the variable that is wrong."""
+    cert = environ.get("TLS_CERT", "").strip() or None
+    key = environ.get("TLS_KEY", "").strip() or None
+    if (cert is None) != (key is None):
+        given, missing = ("TLS_CERT", "TLS_KEY") if cert else ("TLS_KEY", "TLS_CERT")
+        raise ConfigError(f"{given} is set but {missing} is not: HTTPS needs both")
+    for name, value in (("TLS_CERT", cert), ("TLS_KEY", key)):
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{name}: {value} is not a readable file")
+    return ServerOptions(
+        bind=environ.get("BIND", DEFAULT_BIND),
+        workers=_count(environ, "WEB_CONCURRENCY", 2),
+        worker_class=environ.get("GUNICORN_WORKER_CLASS", "sync"),
+        threads=_count(environ, "GUNICORN_THREADS", 1),
+        timeout=_count(environ, "GUNICORN_TIMEOUT", DEFAULT_TIMEOUT),
+        accesslog=environ.get("ACCESS_LOG", "gunicorn-access.log"),
+        errorlog=environ.get("ERROR_LOG", "-"),
+        certfile=cert,
+        keyfile=key,
+    )

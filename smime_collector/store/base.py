@@ -1,0 +1,108 @@
+"""The seam between the pipeline and wherever certificates are kept.
+
+Every consumer (the pipeline, ``GET /certs``, ``/healthz``, ``--check-config``, gunicorn's
+start-up check, the harvesting CLI) talks to a :class:`CertStore`, never to a folder or a
+database directly. Whether a new certificate may replace the stored one is decided in exactly
+one place, :func:`supersede`, which every backend calls under its own lock or transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Protocol
+
+from cryptography import x509
+
+from smime_collector.verdict import Check
+
+
+class Decision(Enum):
+    STORE = "store"
+    UNCHANGED = "unchanged"
+    REFUSE_OLDER = "refuse-older"
+
+
+def supersede(
+    current: x509.Certificate | None, new: x509.Certificate, current_revoked: bool = False
+) -> tuple[Decision, str]:
+    """May ``new`` replace ``current`` as an address's certificate?
+
+    No downgrade: a certificate issued before the stored one (earlier notBefore) is refused, so
+    replaying an old signed mail cannot bring back a certificate its owner has moved on from. A
+    revoked stored certificate never blocks its owner: anything valid replaces it.
+    """
+    if current is None:
+        return Decision.STORE, "no certificate stored yet"
+    if current == new:
+        return Decision.UNCHANGED, "the same certificate is already stored"
+    if current_revoked:
+        return Decision.STORE, "the stored certificate is revoked"
+    if new.not_valid_before_utc < current.not_valid_before_utc:
+        return (
+            Decision.REFUSE_OLDER,
+            f"stored certificate is newer (notBefore {current.not_valid_before_utc:%Y-%m-%d}) "
+            f"than this one ({new.not_valid_before_utc:%Y-%m-%d})",
+        )
+    return Decision.STORE, "replaces an older certificate"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What a save did: ``check`` carries the reason (ok, older-than-stored, store-error ...)."""
+
+    check: Check
+    changed: bool = False
+    location: str | None = None
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored certificate as listings show it."""
+
+    email: str
+    issuer: str
+    not_after: datetime
+    sha256: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "email": self.email,
+            "issuer": self.issuer,
+            "not_after": self.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sha256": self.sha256,
+        }
+
+
+class CertStore(Protocol):
+    """Where certificates live. Backends: ``folder`` (default) and ``postgresql``."""
+
+    #: The backend's name, as ``store =`` spells it.
+    kind: str
+
+    def prepare(self) -> None:
+        """Create what the backend needs (the folder, the schema); idempotent, and cheap when
+        done already. Raises ``OSError`` (or the backend's error) when it cannot."""
+
+    def unsafe(self, address: str) -> str | None:
+        """Why this backend cannot hold ``address`` (``unsafe-address``), or ``None``."""
+
+    def location(self, address: str) -> str:
+        """Where ``address``'s certificate is, as verdicts and logs show it."""
+
+    def get(self, address: str) -> x509.Certificate | None:
+        """The current certificate of ``address`` (matched case-insensitively), or ``None``."""
+
+    def save(
+        self, address: str, cert: x509.Certificate, current_revoked: bool = False
+    ) -> StoreResult:
+        """Make ``cert`` the current certificate of ``address`` if :func:`supersede` allows."""
+
+    def list(self, expiring_before: datetime | None = None) -> list[Entry]:
+        """Current certificates sorted by address; only those whose notAfter is before
+        ``expiring_before`` when it is given."""
+
+    def health(self) -> Check:
+        """Can the store be written now? A failure is a ``store-error`` retry check."""

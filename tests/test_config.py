@@ -1,0 +1,178 @@
+"""Configuration: one table of keys fed by the INI file, the environment and secret files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smime_collector.config import (
+    SAMPLE_TOKEN,
+    ConfigError,
+    Settings,
+    keys,
+    load_settings,
+)
+from smime_collector.serving import server_options
+from tests.conftest import write_ini
+from tests.helpers import run_cli
+from tests.paths import REPO
+from tests.servers import free_port, gunicorn_env, start_gunicorn
+
+
+def test_environment_overrides_the_ini_file(tmp_path) -> None:
+    ini = write_ini(tmp_path / "webapp.ini", {"log-level": "INFO", "dkim-alignment": "relaxed"})
+    env = {"SMIME_COLLECTOR_LOG_LEVEL": "debug", "SMIME_COLLECTOR_DKIM_ALIGNMENT": "strict"}
+    settings = load_settings(ini, environ=env)
+    assert (settings.log_level, settings.dkim_alignment) == ("DEBUG", "strict")
+    assert load_settings(ini, environ={}).log_level == "INFO"
+
+
+def test_every_key_has_its_environment_variable(tmp_path) -> None:
+    """Each key's variable is its name upper-cased with - as _, and it really is read."""
+    for spec in keys():
+        assert spec.env == "SMIME_COLLECTOR_" + spec.name.upper().replace("-", "_")
+    settings = Settings.from_mapping({}, tmp_path, "test", {"SMIME_COLLECTOR_USER_CERTS_DIR": "x"})
+    assert settings.user_certs_dir == tmp_path / "x"
+
+
+def test_a_secret_comes_from_its_file(tmp_path) -> None:
+    (tmp_path / "token").write_text("from a file\n")
+    settings = Settings.from_mapping(
+        {"x-messagesystems-webhook-token-file": "token", "lookup-token-file": "token"},
+        tmp_path,
+        "test",
+    )
+    assert settings.webhook_token == "from a file"
+    assert settings.lookup_token == "from a file"
+    env = {"SMIME_COLLECTOR_METRICS_TOKEN_FILE": str(tmp_path / "token")}
+    assert Settings.from_mapping({}, tmp_path, "test", env).metrics_token == "from a file"
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"lookup-token-file": "absent"}, "lookup-token-file"),
+        ({"lookup-token": "x", "lookup-token-file": "token"}, "not both"),
+        ({"dkim-file": "token"}, "'dkim-file'"),  # only secrets have a -file twin
+        ({"metric-token": "x"}, "'metric-token'"),
+        ({"log-format": "xml"}, "log-format"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, values, needle) -> None:
+    (tmp_path / "token").write_text("t")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_mapping(values, tmp_path, "test")
+    assert needle in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_unknown_environment_variable_is_refused(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="SMIME_COLLECTOR_METRIC_TOKEN"):
+        Settings.from_mapping({}, tmp_path, "test", {"SMIME_COLLECTOR_METRIC_TOKEN": "x"})
+
+
+def test_the_shipped_ini_holds_only_the_sample_token() -> None:
+    settings = load_settings(REPO / "webapp.ini", environ={})
+    assert settings.webhook_token == SAMPLE_TOKEN
+    assert (settings.metrics_token, settings.lookup_token) == ("", "")
+    assert ("x-messagesystems-webhook-token", settings.risks()[0][1]) == settings.risks()[0]
+
+
+def test_check_config_warns_about_risky_settings(tmp_path, dns) -> None:
+    ini = write_ini(
+        tmp_path / "webapp.ini",
+        {
+            "x-messagesystems-webhook-token": SAMPLE_TOKEN,
+            "dkim": "off",
+            "verify-time": "2018-11-30T18:57:08Z",
+            "allow-sha1": "yes",
+            "dns-nameservers": dns.nameserver,
+            "dns-timeout": "1",
+        },
+    )
+    proc = run_cli("--check-config", "--config", ini, cwd=tmp_path)
+    warned = [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("WARN ")]
+    assert warned == [
+        "WARN x-messagesystems-webhook-token",
+        "WARN dkim",
+        "WARN verify-time",
+        "WARN allow-sha1",
+    ]
+    assert proc.returncode == 0, proc.stdout  # warnings, not failures
+
+
+# -- gunicorn's own settings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"WEB_CONCURRENCY": "four"}, "WEB_CONCURRENCY must be a whole number"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be a whole number"),
+        ({"GUNICORN_TIMEOUT": "soon"}, "GUNICORN_TIMEOUT"),
+        ({"TLS_CERT": "cert.pem"}, "TLS_CERT is set but TLS_KEY is not"),
+        ({"TLS_KEY": "key.pem"}, "TLS_KEY is set but TLS_CERT is not"),
+        ({"TLS_CERT": "absent.pem", "TLS_KEY": "absent.key"}, "TLS_CERT: absent.pem"),
+    ],
+)
+def test_bad_server_settings_are_one_line(env, needle) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        server_options(env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"WEB_CONCURRENCY": "four"}, "WEB_CONCURRENCY"),
+        ({"TLS_CERT": "cert.pem"}, "TLS_KEY"),
+        ({"SMIME_COLLECTOR_METRIC_TOKEN": "x"}, "SMIME_COLLECTOR_METRIC_TOKEN"),
+    ],
+)
+def test_gunicorn_refuses_to_start_with_one_line(tmp_path, env, needle) -> None:
+    ini = write_ini(tmp_path / "webapp.ini", {"log-file": "webapp.log"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "smime_collector.serve"],
+        cwd=REPO,
+        env={**gunicorn_env(ini, free_port(), 1, tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if "configuration error" in line]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_gunicorn_reads_the_token_from_a_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "relay-token"
+    secret.write_text("from-the-secret-file\n")
+    ini = write_ini(tmp_path / "webapp.ini", {"log-file": "webapp.log"})
+    env = {"SMIME_COLLECTOR_X_MESSAGESYSTEMS_WEBHOOK_TOKEN_FILE": str(secret)}
+    server = start_gunicorn(ini, tmp_path, workers=1, env=env)
+    try:
+        import urllib.request
+
+        def post(token: str) -> int:
+            request = urllib.request.Request(
+                server.url,
+                data=b"[]",
+                headers={
+                    "Content-Type": "application/json",
+                    "X-MessageSystems-Webhook-Token": token,
+                },
+            )
+            try:
+                return urllib.request.urlopen(request, timeout=10).status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert post("from-the-secret-file") == 200
+        assert post(SAMPLE_TOKEN) == 401
+    finally:
+        server.stop()
