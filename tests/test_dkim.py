@@ -274,12 +274,45 @@ def test_strict_alignment_accepts_the_exact_domain(make_app, mail) -> None:
 
 
 @pytest.mark.parametrize("mode", ["relaxed", "strict"])
-@pytest.mark.parametrize("domain", ["other.example", "com", "notexample.com", "sub.example.com"])
-def test_other_domains_never_align(make_app, mail, mode, domain) -> None:
+@pytest.mark.parametrize("domain", ["other.example", "com", "notexample.com", "example.co.uk"])
+def test_other_domains_never_align(make_app, mail, mode, domain, dns) -> None:
     collector = make_app(dkim_alignment=mode).extensions["smime_collector"].collector
     raw = mail.signed(ALICE, dkim_domain=domain)
     assert dkimpy_accepts(raw, mail)
-    assert_rejected(collector, raw, "dkim-misaligned")
+    dns.reset_queries()
+    verdict = assert_rejected(collector, raw, "dkim-misaligned")
+    assert f"d={domain}" in verdict.detail
+    assert dns.queries == 0, "a signature that cannot align costs no DNS query"
+
+
+# DMARC (RFC 7489 section 3.1.1): relaxed means the same organisational domain, found with the
+# Public Suffix List; a public suffix (co.uk, github.io) is nobody's organisational domain.
+DMARC_CASES = [
+    # (From: address, d=, aligned when relaxed)
+    ("user@mail.example.com", "example.com", True),
+    ("alice@example.com", "mail.example.com", True),  # DMARC's ordinary case, once refused
+    ("user@a.mail.example.com", "b.example.com", True),
+    ("x@bank.co.uk", "co.uk", False),
+    ("x@mail.bank.co.uk", "bank.co.uk", True),
+    ("x@bank.co.uk", "other.co.uk", False),
+    ("x@alice.github.io", "github.io", False),
+    ("x@alice.github.io", "bob.github.io", False),
+    ("x@mail.alice.github.io", "alice.github.io", True),
+]
+
+
+@pytest.mark.parametrize(("address", "domain", "relaxed"), DMARC_CASES)
+@pytest.mark.parametrize("mode", ["relaxed", "strict"])
+def test_alignment_follows_dmarc_and_the_public_suffix_list(
+    make_app, mail, address, domain, relaxed, mode
+) -> None:
+    collector = make_app(dkim_alignment=mode).extensions["smime_collector"].collector
+    raw = mail.signed(address, dkim_domain=domain)
+    assert dkimpy_accepts(raw, mail), "the signature itself is genuine"
+    if relaxed and mode == "relaxed":
+        assert_stored(collector, raw, address)
+    else:
+        assert_rejected(collector, raw, "dkim-misaligned")
 
 
 @pytest.mark.parametrize(
@@ -293,7 +326,12 @@ def test_other_domains_never_align(make_app, mail, mode, domain) -> None:
         ("com", "example.com", "relaxed", False),
         ("com.", "example.com", "relaxed", False),
         ("ample.com", "example.com", "relaxed", False),
-        ("mail.example.com", "example.com", "relaxed", False),
+        ("mail.example.com", "example.com", "relaxed", True),
+        ("mail.example.com", "example.com", "strict", False),
+        ("co.uk", "bank.co.uk", "relaxed", False),
+        ("bank.co.uk", "BANK.co.uk", "strict", True),
+        ("github.io", "alice.github.io", "relaxed", False),
+        ("alice.github.io", "bob.github.io", "relaxed", False),
         ("", "example.com", "relaxed", False),
     ],
 )
@@ -368,7 +406,7 @@ class _CountingResolver(KeyResolver):
         self.ttl = ttl
         self.asked: list[str] = []
 
-    def _query(self, key: str) -> tuple[bytes | None, int]:
+    def _query(self, key: str, wait: float) -> tuple[bytes | None, int]:
         self.asked.append(key)
         return f"v=DKIM1; p={key}".encode(), self.ttl
 
