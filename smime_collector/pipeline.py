@@ -29,6 +29,7 @@ from smime_collector.smime import (
     find_signature,
     verify_signed_data,
 )
+from smime_collector.stages import run_stage
 from smime_collector.store import CertStore, open_store
 from smime_collector.trust import TrustAnchors, fingerprint
 from smime_collector.verdict import Check, Outcome, Reason, Verdict
@@ -71,8 +72,10 @@ class Collector:
     def judge(self, delivery: Delivery, deadline: Deadline | None = None) -> Verdict:
         """Judge one message and store its sender's certificate when every check passes.
 
-        An unexpected error costs this message a ``tempfail`` (the sender retries), never the
-        worker or the rest of the batch.
+        ``deadline`` is the request's: DNS (and revocation) waits never outlast it. An
+        unexpected error in a stage that reads the message rejects it (see
+        :mod:`smime_collector.stages`); one outside those stages costs this message a
+        ``tempfail`` (the sender retries), never the worker.
         """
         with self._scope():
             try:
@@ -115,7 +118,7 @@ class Collector:
 
     def _judge(self, delivery: Delivery, deadline: Deadline) -> tuple[Verdict, str | None]:
         with metrics.stage("parse"):
-            parsed = parse_message(delivery.raw)
+            parsed = run_stage("parse", log, parse_message, delivery.raw)
         if isinstance(parsed, Check):
             return self._reject(parsed, None), None
         message_id = _message_id(parsed)
@@ -129,32 +132,35 @@ class Collector:
         problem = self.store.unsafe(address)
         if problem:
             return self._reject(Check.fail(Reason.UNSAFE_ADDRESS, problem), None)
-        try:
-            self._log_parts(parsed)
-        except MalformedMessage as exc:
-            return self._reject(Check.fail("malformed", str(exc)), address)
-        part = find_signature(parsed.top)
+        logged = run_stage("parse", log, self._log_parts, parsed)
+        if isinstance(logged, Check):
+            return self._reject(logged, address)
+        part = run_stage("parse", log, find_signature, parsed.top)
         if isinstance(part, Check):
             return self._reject(part, address)
         info("| filename=%s,bytes=%d", part.filename, len(part.cms_der))
         if self.settings.dkim == "require":
             with metrics.stage("dkim"):
-                dkim = self._check_dkim(parsed)
+                dkim = run_stage("dkim", log, self._check_dkim, parsed, deadline)
             if not dkim.ok:
                 info("| from=%s,%s", address, dkim.detail)
                 return self._reject(dkim, address)
             info("| %s", dkim.detail)
         with metrics.stage("cms"):
-            signed = verify_signed_data(part)
+            signed = run_stage("cms", log, verify_signed_data, part)
         if isinstance(signed, Check):
             return self._reject(signed, address)
-        for cert in signed.certificates:
-            log_certificate(log, cert)
+        logged = run_stage("cms", log, log_certificates, log, signed.certificates)
+        if isinstance(logged, Check):
+            return self._reject(logged, address)
         at = self.settings.verify_time or delivery.received_at
         failures: list[Check] = []
         for signer in signed.signers:
             with metrics.stage("chain"):
-                chosen = self._choose_certificate(signer, signed.certificates, parsed, at)
+                # Revocation fetches belong here and draw their waits from ``deadline``.
+                chosen = run_stage(
+                    "chain", log, self._choose_certificate, signer, signed.certificates, parsed, at
+                )
             if isinstance(chosen, Check):
                 failures.append(chosen)
                 continue
@@ -162,10 +168,10 @@ class Collector:
                 return self._store(address, chosen)
         return self._reject((failures or signed.failures)[0], address)
 
-    def _check_dkim(self, parsed: ParsedMessage) -> Check:
+    def _check_dkim(self, parsed: ParsedMessage, deadline: Deadline | None = None) -> Check:
         stats = self.resolver.stats
         lookups, hits = stats.lookups, stats.cache_hits
-        check = check_dkim(parsed, self.resolver, self.settings.dkim_alignment)
+        check = check_dkim(parsed, self.resolver, self.settings.dkim_alignment, deadline)
         metrics.DNS_LOOKUPS.inc(stats.lookups - lookups)
         metrics.DNS_CACHE_HITS.inc(stats.cache_hits - hits)
         return check
@@ -226,13 +232,17 @@ class Collector:
         log.info("| %s: %s", check.reason, check.detail)
         return Verdict.from_check(check, email.lower() if email else None)
 
-    def _log_parts(self, msg: ParsedMessage) -> None:
-        for entity in msg.top.walk():
-            log.info(
-                "| content-type=%s,content-description=%s",
-                entity.content_type,
-                _clip(entity.headers.get("content-description")),
-            )
+    def _log_parts(self, msg: ParsedMessage) -> Check | None:
+        try:
+            for entity in msg.top.walk():
+                log.info(
+                    "| content-type=%s,content-description=%s",
+                    entity.content_type,
+                    _clip(entity.headers.get("content-description")),
+                )
+        except MalformedMessage as exc:
+            return Check.fail("malformed", str(exc))
+        return None
 
 
 def _level(verdict: Verdict) -> int:
@@ -258,6 +268,11 @@ def _clip(value: object, limit: int = 200) -> object:
         return None
     text = str(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def log_certificates(log: logging.Logger, certs: list[x509.Certificate]) -> None:
+    for cert in certs:
+        log_certificate(log, cert)
 
 
 def log_certificate(log: logging.Logger, cert: x509.Certificate) -> None:
