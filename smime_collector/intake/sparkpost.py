@@ -17,13 +17,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from smime_collector.deadline import Deadline, request_budget
 from smime_collector.delivery import Delivery, Envelope
 from smime_collector.intake.common import state, token_ok
 from smime_collector.verdict import Outcome, Verdict
 
 INTAKE = "sparkpost"
 TOKEN_HEADER = "X-MessageSystems-Webhook-Token"
+#: Relay events one request may carry; a larger batch is refused whole (413).
+MAX_BATCH_ITEMS = 100
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint(INTAKE, __name__)
@@ -31,6 +35,10 @@ blueprint = Blueprint(INTAKE, __name__)
 
 class BadRequest(Exception):
     """The relay request is not what SparkPost sends; the message names the field."""
+
+
+class BatchTooLarge(Exception):
+    """More relay events than :data:`MAX_BATCH_ITEMS` in one request."""
 
 
 @blueprint.post("/")
@@ -42,7 +50,8 @@ def relay() -> tuple[Response, int]:
     if not token_ok(request.headers.get(TOKEN_HEADER), settings.webhook_token):
         log.warning("| invalid %s", TOKEN_HEADER)
         return jsonify(message=f"Invalid {TOKEN_HEADER} in request headers"), 401
-    body = request.get_data(cache=False)
+    deadline = Deadline.after(request_budget())
+    body = read_body(settings.max_request_bytes)
     log.info("| len(headers)=%d,len(body)=%d", len(request.headers), len(body))
     try:
         events = parse_batch(body)
@@ -50,24 +59,58 @@ def relay() -> tuple[Response, int]:
     except BadRequest as exc:
         log.info("| bad request: %s", exc)
         return jsonify(message=str(exc)), 400
+    except BatchTooLarge as exc:
+        log.info("| batch too large: %s", exc)
+        return jsonify(message=str(exc)), 413
     received = datetime.now(UTC)
-    verdicts = []
+    verdicts: list[Verdict] = []
     for envelope, raw in events:
+        if deadline.expired:
+            log.warning(
+                "| request deadline reached: %d of %d messages not judged; the relay retries",
+                len(events) - len(verdicts),
+                len(events),
+            )
+            break
         log.info(
             "| msg_from=%s,rcpt_to=%s,len(email_rfc822)=%d",
             envelope.sender,
             ",".join(envelope.recipients),
             len(raw),
         )
-        verdicts.append(collector.judge(Delivery(raw, INTAKE, received, envelope)))
-    return answer(verdicts)
+        verdicts.append(collector.judge(Delivery(raw, INTAKE, received, envelope), deadline))
+        if verdicts[-1].outcome is Outcome.TEMPFAIL:
+            if len(verdicts) < len(events):
+                log.info(
+                    "| %d more messages not judged: the relay retries the whole batch",
+                    len(events) - len(verdicts),
+                )
+            break
+    return answer(verdicts, len(events))
 
 
-def answer(verdicts: list[Verdict]) -> tuple[Response, int]:
-    """The one place verdicts become SparkPost's answer: 503 makes the relay retry the batch."""
-    if any(v.outcome is Outcome.TEMPFAIL for v in verdicts):
-        return jsonify(message="Temporary failure; please retry", count=len(verdicts)), 503
-    return jsonify(message="OK", count=len(verdicts)), 200
+def answer(verdicts: list[Verdict], count: int) -> tuple[Response, int]:
+    """The one place verdicts become SparkPost's answer: 503 makes the relay retry the batch.
+
+    After the first ``tempfail`` the rest is not judged (the retry judges it), and neither is
+    what the request's deadline left: fewer verdicts than ``count`` events is a 503 too.
+    """
+    if len(verdicts) < count or any(v.outcome is Outcome.TEMPFAIL for v in verdicts):
+        return jsonify(message="Temporary failure; please retry", count=count), 503
+    return jsonify(message="OK", count=count), 200
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, refused with 413 when it is larger than ``limit``.
+
+    werkzeug refuses a Content-Length over the limit before reading, but silently cuts a
+    chunked body at the limit: one more byte past it means the body was too large.
+    """
+    body = request.get_data(cache=False)
+    if request.content_length is None and len(body) >= limit:
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge(f"request body larger than max-request-bytes ({limit})")
+    return body
 
 
 def parse_batch(body: bytes) -> list[tuple[Envelope, bytes]]:
@@ -84,8 +127,15 @@ def parse_batch(body: bytes) -> list[tuple[Envelope, bytes]]:
         ) from None
     except RecursionError:  # json raises it for deeply nested arrays or objects
         raise BadRequest("request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # int(): more digits than sys.get_int_max_str_digits() allows
+        raise BadRequest(f"request body is not valid JSON: {exc}".split(";")[0]) from None
     if not isinstance(batch, list):
         raise BadRequest("request body must be a JSON array of relay events")
+    if len(batch) > MAX_BATCH_ITEMS:
+        raise BatchTooLarge(
+            f"the batch holds {len(batch)} relay events, more than the bound of "
+            f"{MAX_BATCH_ITEMS}; send at most {MAX_BATCH_ITEMS} per request"
+        )
     return [_relay_content(item, f"[{i}]") for i, item in enumerate(batch)]
 
 
