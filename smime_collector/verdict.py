@@ -41,7 +41,7 @@ class Reason(StrEnum):
     )
     DKIM_MISALIGNED = (
         "dkim-misaligned",
-        "A DKIM signature verifies, but for a domain other than the From: domain.",
+        "No DKIM signature is by the From: domain's organisation (no `d=` aligns).",
     )
     NOT_SIGNED = (
         "not-signed",
