@@ -177,3 +177,38 @@ def test_every_relay_answer_is_counted_in_metrics(make_settings) -> None:
     client.get("/healthz")
     for status in before:
         assert _requests_with_status(status) == before[status] + 1, status
+
+
+def _event_with_number(digits: int) -> bytes:
+    """A well-formed event whose msg_from (any JSON value) is an integer of ``digits`` digits."""
+    return (
+        b'[{"msys": {"relay_message": {"msg_from": '
+        + b"7" * digits
+        + b', "content": {"email_rfc822": ""}}}}]'
+    )
+
+
+def test_a_json_integer_of_more_than_4300_digits_is_400(client) -> None:
+    """Python refuses to convert it (int_max_str_digits); that ValueError was a 503."""
+    assert _post(client, _event_with_number(4300)).status_code == 200
+    response = _post(client, _event_with_number(4301))
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "message": "request body is not valid JSON: Exceeds the limit (4300 digits) for "
+        "integer string conversion: value has 4301 digits"
+    }
+
+
+def test_a_batch_of_more_than_100_events_is_413_and_judges_nothing(client) -> None:
+    from webapp import MAX_BATCH_ITEMS
+
+    junk = relay_event(b"this is not an email at all")
+    assert post_batch(client, [junk] * MAX_BATCH_ITEMS).status_code == 200
+    response = post_batch(client, [junk] * (MAX_BATCH_ITEMS + 1))
+    assert response.status_code == 413
+    assert response.get_json() == {
+        "message": "the batch holds 101 relay events, more than the bound of 100; "
+        "send at most 100 per request"
+    }
+    log_file = client.application.extensions["collector"].settings.log_file
+    assert len(logged_verdicts(log_file)) == MAX_BATCH_ITEMS  # the first batch only
