@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format bench trust clean
+.PHONY: run test lint format bench trust clean nginx
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -11,8 +11,9 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-# Debian packages the tests drive as real programs, installed when missing (CI runs as root).
-SYSTEM_PACKAGES := logrotate
+# Debian packages the tests drive as real programs, installed when missing (CI runs as root):
+# logrotate for the log rotation test, nginx for the slow-client test (contrib/nginx).
+SYSTEM_PACKAGES := logrotate nginx-light
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .system-deps: Makefile
