@@ -186,7 +186,7 @@ BY_NAME = {case.name: case for case in CASES}
 def run_case(name: str) -> dict:
     """In this process: build the case, judge it once, report time, verdict, DNS, memory."""
     from smime_collector.config import load_settings
-    from smime_collector.logsetup import get_logger
+    from smime_collector.logsetup import attach
     from smime_collector.pipeline import Collector
     from tests.dnsserver import LoopbackDNS
     from tests.hostile import Attacker
@@ -205,7 +205,7 @@ def run_case(name: str) -> dict:
             f"dns-nameservers = {dns.nameserver}\ndns-timeout = 5\n"
         )
         settings = load_settings(folder / "webapp.ini")
-        collector = Collector.build(settings, get_logger(f"dos-{name}", settings.log_file))
+        collector = Collector.build(settings, attach(f"dos-{name}", settings.log_file))
         dns.mode = case.dns_mode
         dns.reset_queries()
         peak_before = status_bytes("self", "VmHWM")["VmHWM"]

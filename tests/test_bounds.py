@@ -48,7 +48,11 @@ def attacker(dns_server: LoopbackDNS) -> Attacker:
 
 @pytest.fixture
 def collector(make_settings, root) -> Collector:
-    return create_app(make_settings(trusted_certs=str(root[1]))).extensions["smime_collector"].collector
+    return (
+        create_app(make_settings(trusted_certs=str(root[1])))
+        .extensions["smime_collector"]
+        .collector
+    )
 
 
 def judge(collector: Collector, raw: bytes) -> Verdict:

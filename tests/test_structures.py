@@ -30,11 +30,12 @@ from hypothesis import strategies as st
 from smime_collector import message as mime
 from smime_collector import smime
 from smime_collector.config import Settings
-from smime_collector.logsetup import get_logger
+from smime_collector.logsetup import attach
 from smime_collector.pipeline import Collector
 from smime_collector.verdict import Outcome, Verdict
 from tests import hostile, pki
 from tests.dnsserver import LoopbackDNS
+from tests.helpers import sha256_of_pem
 
 DOMAIN = "structures.example"
 SELECTOR = "structures"
@@ -93,15 +94,14 @@ def collector(tmp_path: Path, sender: Sender, dns_server: LoopbackDNS) -> Collec
         "trusted-certs": str(sender.trust),
     }
     settings_ = Settings.from_mapping(values, tmp_path, "test")
-    return Collector.build(settings_, get_logger("structures", settings_.log_file))
+    return Collector.build(settings_, attach("structures", settings_.log_file))
 
 
 def assert_final(verdict: Verdict, sender: Sender) -> None:
     assert verdict.outcome is not Outcome.TEMPFAIL, verdict
     if verdict.outcome is not Outcome.REJECTED:
         assert verdict.email == ALICE
-        stored = Path(verdict.path).read_bytes()
-        assert stored == sender.alice.cert_pem() or sender.fingerprint in str(stored)
+        assert sha256_of_pem(Path(verdict.location)) == sender.fingerprint
 
 
 # -- CMS SignedData with odd signed attributes --------------------------------------------------

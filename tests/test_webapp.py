@@ -200,7 +200,7 @@ def test_a_json_integer_of_more_than_4300_digits_is_400(client) -> None:
 
 
 def test_a_batch_of_more_than_100_events_is_413_and_judges_nothing(client) -> None:
-    from webapp import MAX_BATCH_ITEMS
+    from smime_collector.intake.sparkpost import MAX_BATCH_ITEMS
 
     junk = relay_event(b"this is not an email at all")
     assert post_batch(client, [junk] * MAX_BATCH_ITEMS).status_code == 200
@@ -210,5 +210,5 @@ def test_a_batch_of_more_than_100_events_is_413_and_judges_nothing(client) -> No
         "message": "the batch holds 101 relay events, more than the bound of 100; "
         "send at most 100 per request"
     }
-    log_file = client.application.extensions["collector"].settings.log_file
+    log_file = client.application.extensions["smime_collector"].collector.settings.log_file
     assert len(logged_verdicts(log_file)) == MAX_BATCH_ITEMS  # the first batch only
