@@ -230,6 +230,8 @@ def _check_one(
         dkim.validate_signature_fields(tags)
     except dkim.ValidationError as exc:
         return fail(str(exc))
+    except (IndexError, ValueError) as exc:  # i= equal to d=; a t= of 5,000 digits
+        return fail(f"has tags dkimpy cannot validate: {exc!r}")
     algorithm = tags[b"a"]
     if algorithm == b"rsa-sha1":
         return fail("uses rsa-sha1, which is too weak")
@@ -246,6 +248,8 @@ def _check_one(
         return fail("has an invalid c= value")
     body = signed.canonical_body(policy)
     if b"l" in tags:
+        if not tags[b"l"].isdigit():
+            return fail("has an l= value that is not a number")
         length = int(tags[b"l"])
         if length < len(body):
             return fail(

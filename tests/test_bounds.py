@@ -12,6 +12,7 @@ refusing everything. How long each case takes, before and after, is measured by
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from pathlib import Path
 
@@ -119,6 +120,23 @@ def test_key_records_parse_without_arithmetic(record) -> None:
 
 
 # -- DKIM signatures: aligned only, at most five, h= bounded ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [(rb"i=@attacker\.example;", b"i=attacker.example;"), (rb"t=\d+;", b"t=" + b"9" * 5000 + b";")],
+    ids=["i-equal-to-d", "t-of-5000-digits"],
+)
+def test_tags_that_crash_dkimpys_validation_are_dkim_invalid(
+    collector, attacker, tag, value
+) -> None:
+    """dkimpy's own field check raises IndexError or ValueError on these: caught where read."""
+    signed = attacker.sign(hostile.smime_shell(attacker.address))
+    raw, count = re.subn(tag, value, signed, count=1)
+    assert count == 1
+    verdict = judge(collector, raw)
+    assert_verdict(verdict, Outcome.REJECTED, "dkim-invalid", "tags dkimpy cannot validate")
+    assert TRACEBACK not in log_of(collector)
 
 
 def test_twenty_silent_selectors_cost_at_most_five_lookups(collector, attacker, dns) -> None:
