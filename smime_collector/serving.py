@@ -16,6 +16,9 @@ from smime_collector.config import ConfigError
 DEFAULT_BIND = "127.0.0.1:8855"
 #: Below SparkPost's webhook timeout, so a stuck request fails here first and the relay retries.
 DEFAULT_TIMEOUT = 25
+#: Seconds a request's deadline keeps back from the worker timeout for what follows the last
+#: wait: finishing the message under way (each is bounded well below this), answering, logging.
+ANSWER_MARGIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,3 +64,13 @@ def server_options(environ: Mapping[str, str]) -> ServerOptions:
         certfile=cert,
         keyfile=key,
     )
+
+
+def request_budget(environ: Mapping[str, str]) -> float:
+    """Seconds a relay request may spend so that it is answered before gunicorn kills the
+    worker: ``GUNICORN_TIMEOUT`` less :data:`ANSWER_MARGIN_SECONDS` (half of a short one)."""
+    try:
+        timeout = float(_count(environ, "GUNICORN_TIMEOUT", DEFAULT_TIMEOUT))
+    except ConfigError:
+        timeout = DEFAULT_TIMEOUT  # refused at start-up by gunicorn.conf.py; never here
+    return max(timeout - ANSWER_MARGIN_SECONDS, timeout / 2)

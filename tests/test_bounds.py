@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from asn1crypto import keys
 
-from smime_collector import dkimcheck, dnskeys, smime
+from smime_collector import dkimcheck, dnskeys, serving, smime
 from smime_collector import message as mime
 from smime_collector.deadline import Deadline, DeadlineExceeded
 from smime_collector.pipeline import Collector
@@ -327,3 +327,11 @@ def test_mime_parts_are_views_of_the_message_never_copies() -> None:
         assert entity.raw.obj is parsed.raw and entity.body.obj is parsed.raw
     leaf = entities[-1]
     assert bytes(leaf.body).startswith(b"x" * 998)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "budget"), [(None, 20.0), ("25", 20.0), ("60", 55.0), ("8", 4.0), ("1", 0.5)]
+)
+def test_a_request_is_given_the_worker_timeout_less_a_margin(timeout, budget) -> None:
+    environ = {} if timeout is None else {"GUNICORN_TIMEOUT": timeout}
+    assert serving.request_budget(environ) == budget

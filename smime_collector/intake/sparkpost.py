@@ -13,15 +13,17 @@ import base64
 import binascii
 import json
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from smime_collector.deadline import Deadline, request_budget
+from smime_collector.deadline import Deadline
 from smime_collector.delivery import Delivery, Envelope
 from smime_collector.intake.common import state, token_ok
+from smime_collector.serving import request_budget
 from smime_collector.verdict import Outcome, Verdict
 
 INTAKE = "sparkpost"
@@ -50,7 +52,7 @@ def relay() -> tuple[Response, int]:
     if not token_ok(request.headers.get(TOKEN_HEADER), settings.webhook_token):
         log.warning("| invalid %s", TOKEN_HEADER)
         return jsonify(message=f"Invalid {TOKEN_HEADER} in request headers"), 401
-    deadline = Deadline.after(request_budget())
+    deadline = Deadline.after(request_budget(os.environ))
     body = read_body(settings.max_request_bytes)
     log.info("| len(headers)=%d,len(body)=%d", len(request.headers), len(body))
     try:
