@@ -1,90 +1,52 @@
 """S/MIME certificate policy (RFC 8550, CA/B Forum S/MIME BR): may this certificate be stored?
 
 A chain of small checks, each returning a :class:`Check` with a reason; the first failure
-decides. Chains are built by ``cryptography.x509.verification`` with extension policies written
-for S/MIME instead of the Web PKI: certificates such as NSS's (email only in the subject, no SAN,
-no key identifiers, a non-critical basicConstraints on the CA) are accepted because nothing in
-S/MIME requires those extensions, while every CA must still say ``CA:TRUE`` and every EKU present
-must allow email protection.
+decides. The path is validated as RFC 5280 §6 says (:mod:`smime_collector.pathvalidation`:
+policies, name constraints, normalised names), then checked for revocation
+(:mod:`smime_collector.revocation`), and only then bound to the From: address, so that an
+address check never hides a revoked certificate.
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from cryptography.x509.verification import (
-    ClientVerifier,
-    Criticality,
-    ExtensionPolicy,
-    Policy,
-    PolicyBuilder,
-    VerificationError,
-)
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
+from smime_collector import pathvalidation
+from smime_collector.deadline import Deadline
+from smime_collector.pathvalidation import EMAIL_EKUS, MIN_RSA_BITS, ValidPath
+from smime_collector.revocation import Revocation
 from smime_collector.trust import Anchors, fingerprint
 from smime_collector.verdict import Check
 
-EMAIL_EKUS = {
-    ExtendedKeyUsageOID.EMAIL_PROTECTION,
-    ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
-}
-MIN_RSA_BITS = 2048
-MAX_CHAIN_DEPTH = 8
 
-
-class _PolicyViolation(ValueError):
-    """Raised from extension validators; its text starts with the reason code."""
-
-
-def _eku_allows_email(_policy: Policy, _cert: x509.Certificate, eku: object) -> None:
-    if eku is not None and not EMAIL_EKUS.intersection(eku):  # type: ignore[arg-type]
-        raise _PolicyViolation("wrong-key-usage: extended key usage excludes emailProtection")
-
-
-def _is_ca(_policy: Policy, _cert: x509.Certificate, bc: x509.BasicConstraints) -> None:
-    if not bc.ca:
-        raise _PolicyViolation("untrusted: an issuer is not a CA (basicConstraints CA:FALSE)")
-
-
-def _may_sign_certs(_policy: Policy, _cert: x509.Certificate, ku: object) -> None:
-    if ku is not None and not ku.key_cert_sign:  # type: ignore[attr-defined]
-        raise _PolicyViolation("untrusted: an issuer's keyUsage lacks keyCertSign")
-
-
-def _ca_policy() -> ExtensionPolicy:
-    return (
-        ExtensionPolicy.permit_all()
-        .require_present(x509.BasicConstraints, Criticality.AGNOSTIC, _is_ca)
-        .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _may_sign_certs)
-        .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_allows_email)
-    )
-
-
-def _ee_policy() -> ExtensionPolicy:
-    return ExtensionPolicy.permit_all().may_be_present(
-        x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_allows_email
-    )
-
-
-CA_POLICY = _ca_policy()
-EE_POLICY = _ee_policy()
-
-
-@dataclass(frozen=True)
+@dataclass
 class Candidate:
-    """What the policy judges: a certificate, the certificates sent with it, and the context."""
+    """What the policy judges: a certificate, what the message sent with it (certificates
+    as their exact bytes, CRLs), and the context. ``path`` is filled in by the chain check."""
 
     cert: x509.Certificate
     bag: list[x509.Certificate]
     anchors: Anchors
     at: datetime
     address: str
+    allow_sha1: bool = False
+    der_of: dict[x509.Certificate, bytes] = field(default_factory=dict)
+    crls: list[bytes] = field(default_factory=list)
+    revocation: Revocation | None = None
+    deadline: Deadline = field(default_factory=Deadline.never)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger(__name__))
+    path: ValidPath | None = None
+
+    def der(self, cert: x509.Certificate) -> bytes:
+        return self.der_of.get(cert) or cert.public_bytes(Encoding.DER)
 
 
 Rule = Callable[[Candidate], Check]
@@ -126,61 +88,44 @@ def check_key_strength(c: Candidate) -> Check:
     return Check.passed("key size acceptable")
 
 
-@functools.lru_cache(maxsize=8)
-def _verifier(anchors: Anchors, at: datetime) -> ClientVerifier:
-    """Verifiers are immutable; one per anchor snapshot and second serves every message."""
-    return (
-        PolicyBuilder()
-        .store(anchors.store)
-        .time(at)
-        .max_chain_depth(MAX_CHAIN_DEPTH)
-        .extension_policies(ca_policy=CA_POLICY, ee_policy=EE_POLICY)
-        .build_client_verifier()
-    )
+def check_not_a_ca(c: Candidate) -> Check:
+    """A CA certificate is never stored as a person's certificate, whatever else it allows."""
+    bc = _extension(c.cert, x509.BasicConstraints)
+    if bc is not None and bc.ca:  # type: ignore[attr-defined]
+        return Check.fail("wrong-key-usage", "the certificate is a CA certificate (CA:TRUE)")
+    return Check.passed("an end-entity certificate")
 
 
 def check_chain(c: Candidate) -> Check:
-    verifier = _verifier(c.anchors, c.at.replace(microsecond=0))
-    try:
-        chain = verifier.verify(c.cert, [cert for cert in c.bag if cert != c.cert]).chain
-    except VerificationError as exc:
-        return _explain_chain_failure(c, str(exc))
-    root = chain[-1]
-    limit = c.anchors.distrust_after.get(fingerprint(root))
+    found = pathvalidation.validate(c.cert, c.bag, c.anchors, c.at, c.allow_sha1, c.der_of)
+    if isinstance(found, Check):
+        return found
+    root = found.anchor
+    limit = c.anchors.distrust_after.get(fingerprint(root)) if root is not None else None
     # NSS compares the end-entity certificate's notBefore with the root's distrust-after date.
-    if limit is not None and c.cert.not_valid_before_utc > limit:
+    if root is not None and limit is not None and c.cert.not_valid_before_utc > limit:
         return Check.fail(
             "untrusted",
             f"root {root.subject.rfc4514_string()} is distrusted for email certificates "
             f"issued after {limit:%Y-%m-%d}",
         )
-    names = " -> ".join(_common_name(cert) for cert in chain)
-    return Check.passed(f"chain {names}")
+    c.path = found
+    return Check.passed(f"chain {found.names()}")
 
 
-def _explain_chain_failure(c: Candidate, message: str) -> Check:
-    for code in ("wrong-key-usage", "untrusted"):
-        if f"{code}:" in message:
-            return Check.fail(code, message.split(f"{code}:", 1)[1].split(")")[0].strip())
-    if "validation time" in message:
-        for cert in _issuers_above(c):
-            check = _validity(cert, c.at, f"issuer {_common_name(cert)}")
-            if not check.ok:
-                return check
-    return Check.fail("untrusted", f"no trusted chain: {message}")
-
-
-def _issuers_above(c: Candidate) -> list[x509.Certificate]:
-    """Every certificate that may sit above ``c.cert``, matched by name, from the message and
-    the anchors: an expired root counts, an unrelated certificate sent along does not."""
-    pool = [*c.bag, *c.anchors.roots]
-    found: list[x509.Certificate] = []
-    names = {c.cert.issuer}
-    while names:
-        above = [cert for cert in pool if cert.subject in names and cert not in found]
-        found.extend(above)
-        names = {cert.issuer for cert in above}
-    return found
+def check_revocation(c: Candidate) -> Check:
+    if c.revocation is None or c.path is None:
+        return Check.passed("revocation not checked")
+    return c.revocation.check(
+        c.path,
+        [c.der(cert) for cert in c.bag],
+        c.crls,
+        c.anchors,
+        c.at,
+        c.allow_sha1,
+        c.deadline,
+        log=c.log,
+    )
 
 
 def emails_of(cert: x509.Certificate) -> list[str]:
@@ -223,13 +168,17 @@ SIGNER_RULES: tuple[Rule, ...] = (
     check_signing_usage,
     check_key_strength,
     check_chain,
+    check_revocation,
     check_address,
+    check_not_a_ca,
 )
 ENCRYPTION_RULES: tuple[Rule, ...] = (
     check_validity,
     check_key_strength,
     check_chain,
+    check_revocation,
     check_address,
+    check_not_a_ca,
     check_encryption_usage,
 )
 
@@ -250,11 +199,6 @@ def _extension(cert: x509.Certificate, kind: type) -> object | None:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:
         return None
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(cns[0].value) if cns else cert.subject.rfc4514_string()
 
 
 def key_type(cert: x509.Certificate) -> str:

@@ -221,6 +221,12 @@ class Settings:
     max_request_bytes: int = key("max-request-bytes", str(50 * 1024 * 1024), positive(int))
     metrics_token: str = key("metrics-token", "", text, secret=True)
     lookup_token: str = key("lookup-token", "", text, secret=True)
+    revocation: str = key("revocation", "soft", choice("soft", "hard", "off"))
+    revocation_fetch: bool = key("revocation-fetch", "yes", boolean)
+    revocation_crls: tuple[Path, ...] = key("revocation-crls", "", paths)
+    revocation_allow_private: bool = key("revocation-allow-private", "no", boolean)
+    revocation_timeout: float = key("revocation-timeout", "5", positive(float))
+    revocation_max_bytes: int = key("revocation-max-bytes", str(20 * 1024 * 1024), positive(int))
     #: Where the values came from, for messages: the INI file's path or "(defaults)".
     source: str = field(default="(defaults)", compare=False)
 
@@ -276,6 +282,15 @@ class Settings:
             )
         if self.allow_sha1:
             found.append(("allow-sha1", "is yes: SHA-1 signatures, which can be forged, count"))
+        if self.revocation == "off":
+            found.append(("revocation", "is off: a revoked certificate would be stored"))
+        if self.revocation_allow_private:
+            found.append(
+                (
+                    "revocation-allow-private",
+                    "is yes: mail can make the service fetch from private addresses",
+                )
+            )
         return found
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
 
 from smime_collector.store import CertStore
+from smime_collector.store.folder import pem_of
+from smime_collector.trust import CORRUPT_CERTIFICATE
 
 _DURATION = re.compile(r"^\s*(\d{1,6})\s*([dhm]?)\s*$")
 _UNITS = {"d": "days", "": "days", "h": "hours", "m": "minutes"}
@@ -22,6 +24,15 @@ def parse_duration(text: str) -> timedelta | None:
 
 
 def stored_pem(store: CertStore, address: str) -> bytes | None:
-    """The stored certificate for ``address`` as PEM, or ``None``."""
-    cert = store.get(address)
-    return None if cert is None else cert.public_bytes(serialization.Encoding.PEM)
+    """The stored certificate for ``address`` as PEM of exactly the bytes that arrived, or
+    ``None``; never a certificate known to be revoked."""
+    der = store.get_der(address)
+    if der is None:
+        return None
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except CORRUPT_CERTIFICATE:
+        return None
+    if store.is_revoked(address, cert):
+        return None
+    return pem_of(der)

@@ -43,6 +43,10 @@ STAGE_SECONDS = Histogram(
 DNS_LOOKUPS = Counter("smime_dkim_dns_lookups_total", "DKIM key lookups sent to DNS.")
 DNS_CACHE_HITS = Counter("smime_dkim_dns_cache_hits_total", "DKIM keys served from the cache.")
 STORED = Counter("smime_certificates_stored_total", "Certificates written to the folder.")
+REVOCATION_UNKNOWN = Counter(
+    "smime_revocation_unknown_total",
+    "Certificates stored with revocation = soft although their status was not established.",
+)
 
 
 def record_verdict(verdict: Verdict, intake: str) -> None:

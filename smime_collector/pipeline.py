@@ -1,7 +1,8 @@
 """The only place that orders the stages: a :class:`Delivery` in, one :class:`Verdict` out.
 
-parse → safe address → find the S/MIME layer → DKIM → CMS signature → certificate policy →
-store. Each stage answers with a :class:`Check`; the first failure decides the verdict.
+parse → safe address → find the S/MIME layer → DKIM → CMS signature → certificate policy
+(path, revocation, address) → store. Each stage answers with a :class:`Check`; the first
+failure decides the verdict.
 """
 
 from __future__ import annotations
@@ -14,24 +15,32 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from smime_collector import certpolicy, logsetup, metrics
-from smime_collector.config import Settings
+from smime_collector import certpolicy, logsetup, metrics, pathvalidation
+from smime_collector.config import ConfigError, Settings
 from smime_collector.deadline import Deadline
 from smime_collector.delivery import Delivery
 from smime_collector.dkimcheck import check_dkim
 from smime_collector.dnskeys import KeyResolver
 from smime_collector.message import MalformedMessage, ParsedMessage, parse_message
+from smime_collector.revocation import (
+    Revocation,
+    RevocationConfigError,
+    RevocationSettings,
+    Status,
+)
 from smime_collector.smime import (
     WEAK_DIGESTS,
+    SignedData,
     Signer,
     find_signature,
     verify_signed_data,
 )
 from smime_collector.stages import run_stage
 from smime_collector.store import CertStore, open_store
-from smime_collector.trust import TrustAnchors, fingerprint
+from smime_collector.trust import CORRUPT_CERTIFICATE, TrustAnchors, fingerprint
 from smime_collector.verdict import Check, Outcome, Reason, Verdict
 
 log = logging.getLogger(__name__)
@@ -40,14 +49,20 @@ MAX_LOGGED_MESSAGE_ID = 200
 
 @dataclass
 class Collector:
-    """Per-process state built once from the settings: anchors, DNS resolver, store, and the
-    entry point's log sink (``None``: lines go wherever the caller's logging sends them)."""
+    """Per-process state built once from the settings: anchors, DNS resolver, store, the
+    entry point's log sink (``None``: lines go wherever the caller's logging sends them) and
+    the revocation checker (its fetch cache lives as long as the process)."""
 
     settings: Settings
     anchors: TrustAnchors
     resolver: KeyResolver
     store: CertStore
     sink: logsetup.LogSink | None = None
+    revocation: Revocation | None = None
+
+    def __post_init__(self) -> None:
+        if self.revocation is None:
+            self.revocation = revocation_checker(self.settings)
 
     @classmethod
     def build(cls, settings: Settings, sink: logsetup.LogSink | None = None) -> Collector:
@@ -157,15 +172,15 @@ class Collector:
         failures: list[Check] = []
         for signer in signed.signers:
             with metrics.stage("chain"):
-                # Revocation fetches belong here and draw their waits from ``deadline``.
+                # Revocation fetches happen here and draw their waits from ``deadline``.
                 chosen = run_stage(
-                    "chain", log, self._choose_certificate, signer, signed.certificates, parsed, at
+                    "chain", log, self._choose_certificate, signer, signed, parsed, at, deadline
                 )
             if isinstance(chosen, Check):
                 failures.append(chosen)
                 continue
             with metrics.stage("store"):
-                return self._store(address, chosen)
+                return self._store(address, chosen, signed, at, deadline)
         return self._reject((failures or signed.failures)[0], address)
 
     def _check_dkim(self, parsed: ParsedMessage, deadline: Deadline | None = None) -> Check:
@@ -179,11 +194,13 @@ class Collector:
     def _choose_certificate(
         self,
         signer: Signer,
-        bag: list[x509.Certificate],
+        signed: SignedData,
         msg: ParsedMessage,
         at: datetime,
-    ) -> x509.Certificate | Check:
-        """The signer's certificate if it can receive encrypted mail, else its preferred twin."""
+        deadline: Deadline,
+    ) -> certpolicy.Candidate | Check:
+        """The signer's certificate if it can receive encrypted mail, else its preferred twin,
+        as the candidate that passed (with its validated path)."""
         info = log.info
         info(
             "| signer serial=%x,digest=%s,signature=%s,signature verified",
@@ -199,25 +216,55 @@ class Collector:
             info("| check digest: FAIL weak-algorithm,%s", check.detail)
             return check
         anchors = self.anchors.current()
-        candidate = certpolicy.Candidate(signer.cert, bag, anchors, at, msg.from_address)
+
+        def candidate_for(cert: x509.Certificate) -> certpolicy.Candidate:
+            return certpolicy.Candidate(
+                cert,
+                signed.certificates,
+                anchors,
+                at,
+                msg.from_address,
+                allow_sha1=self.settings.allow_sha1,
+                der_of=signed.der_of,
+                crls=signed.crls,
+                revocation=self.revocation,
+                deadline=deadline,
+            )
+
+        candidate = candidate_for(signer.cert)
         check = certpolicy.judge(candidate, certpolicy.SIGNER_RULES, info)
         if not check.ok:
             return check
         usable = certpolicy.check_encryption_usage(candidate)
         if usable.ok:
             info("| check encryption_usage: ok,%s", usable.detail)
-            return signer.cert
+            return candidate
         preferred = signer.encryption_preference
         if preferred is None or preferred == signer.cert:
             info("| check encryption_usage: FAIL wrong-key-usage,%s", usable.detail)
             return usable
         info("| signer certificate is signing-only; checking its encryption key preference")
-        twin = certpolicy.Candidate(preferred, bag, anchors, at, msg.from_address)
+        twin = candidate_for(preferred)
         check = certpolicy.judge(twin, certpolicy.ENCRYPTION_RULES, info)
-        return preferred if check.ok else check
+        return twin if check.ok else check
 
-    def _store(self, address: str, cert: x509.Certificate) -> Verdict:
-        result = self.store.save(address, cert)
+    def _store(
+        self,
+        address: str,
+        chosen: certpolicy.Candidate,
+        signed: SignedData,
+        at: datetime,
+        deadline: Deadline,
+    ) -> Verdict:
+        cert = chosen.cert
+        der = chosen.der(cert)
+        chain = [chosen.der(c) for c in chosen.path.certs[1:]] if chosen.path else []
+        result = self.store.save(address, cert, der=der, chain=chain)
+        if result.check.reason == Reason.OLDER_THAN_STORED:
+            revoked = self._stored_revoked(address, signed, at, deadline)
+            if revoked is not None:
+                self.store.mark_revoked(address, *revoked)
+                result = self.store.save(address, cert, current_revoked=True, der=der, chain=chain)
         email = address.lower()
         if not result.check.ok:
             return self._reject(result.check, email)
@@ -227,6 +274,38 @@ class Collector:
             return Verdict(Outcome.STORED, Reason.OK, email, where, result.check.detail)
         log.info("| %s already holds this certificate", where)
         return Verdict(Outcome.UNCHANGED, Reason.OK, email, where, result.check.detail)
+
+    def _stored_revoked(
+        self, address: str, signed: SignedData, at: datetime, deadline: Deadline
+    ) -> tuple[x509.Certificate, str] | None:
+        """A stored certificate later found revoked never blocks its owner's new one: before
+        ``older-than-stored`` is answered, the stored one is checked (its issuers from the
+        store and the message). Returns it and why when it is revoked."""
+        stored = self.store.get(address)
+        if stored is None or self.settings.revocation == "off" or self.revocation is None:
+            return None
+        der_of = dict(signed.der_of)
+        stored_der = self.store.get_der(address)
+        if stored_der is not None:
+            der_of[stored] = stored_der
+        for der in self.store.chain(address):
+            issuer = _load(der)
+            if issuer is not None:
+                der_of[issuer] = der
+        bag = list(dict.fromkeys([*signed.certificates, *der_of]))
+        anchors = self.anchors.current()
+        allow_sha1 = self.settings.allow_sha1
+        found = pathvalidation.validate(stored, bag, anchors, at, allow_sha1, der_of)
+        if isinstance(found, Check):
+            return None
+        ders = [der_of.get(c) or c.public_bytes(Encoding.DER) for c in bag]
+        finding = self.revocation.status(
+            found, ders, signed.crls, anchors, at, allow_sha1, deadline
+        )
+        if finding.status is not Status.REVOKED:
+            return None
+        log.info("| the stored certificate is revoked (%s); it no longer blocks", finding.detail)
+        return stored, finding.detail
 
     def _reject(self, check: Check, email: str | None) -> Verdict:
         log.info("| %s: %s", check.reason, check.detail)
@@ -260,6 +339,31 @@ def _message_id(parsed: ParsedMessage) -> str | None:
         return None
     text = str(value).strip()
     return text[:MAX_LOGGED_MESSAGE_ID] if text else None
+
+
+def _load(der: bytes) -> x509.Certificate | None:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except CORRUPT_CERTIFICATE:
+        return None
+
+
+def revocation_checker(settings: Settings) -> Revocation:
+    """The process's revocation checker; an unreadable ``revocation-crls`` is a config error."""
+    try:
+        return Revocation(
+            RevocationSettings(
+                mode=settings.revocation,
+                fetch=settings.revocation_fetch,
+                crl_paths=settings.revocation_crls,
+                allow_private=settings.revocation_allow_private,
+                timeout=settings.revocation_timeout,
+                max_bytes=settings.revocation_max_bytes,
+                nameservers=settings.dns_nameservers,
+            )
+        )
+    except (RevocationConfigError, OSError) as exc:
+        raise ConfigError(f"{settings.source}: {exc}") from None
 
 
 def _clip(value: object, limit: int = 200) -> object:

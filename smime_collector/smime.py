@@ -10,6 +10,7 @@ attributes. The certificate checked afterwards is the one the SignerInfo names, 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 
 from asn1crypto import cms
@@ -19,12 +20,15 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 
+from smime_collector import rawcms
 from smime_collector.message import Entity, MalformedMessage
 from smime_collector.trust import CORRUPT_CERTIFICATE
 from smime_collector.verdict import Check
 
 MAX_CERTIFICATES = 50
+MAX_CRLS = 50
 MAX_SIGNATURE_BYTES = 1 << 20
 MAX_SIGNERS = 10
 #: Signed attributes per SignerInfo, and their size: 90,000 attributes under the 1 MiB
@@ -60,6 +64,12 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha512": hashes.SHA512,
 }
 WEAK_DIGESTS = {"sha1"}
+
+# RFC 5280 asks CAs for positive serial numbers and asks relying parties to cope with
+# negative ones (NIST PKITS 4.4.14/15): cryptography warns on every read of such a serial.
+warnings.filterwarnings(
+    "ignore", "Parsed a serial number which wasn't positive", CryptographyDeprecationWarning
+)
 
 
 class _RecipientKeyIdentifier(asn1.Sequence):
@@ -103,9 +113,13 @@ class Signer:
 
 @dataclass
 class SignedData:
-    """Everything the certificate policy needs from the CMS structure."""
+    """Everything the certificate policy needs from the CMS structure. ``der_of`` maps each
+    certificate to the exact bytes it arrived in; ``crls`` are the CRLs of the ``crls`` field,
+    exact bytes too."""
 
     certificates: list[x509.Certificate]
+    der_of: dict[x509.Certificate, bytes] = field(default_factory=dict)
+    crls: list[bytes] = field(default_factory=list)
     signers: list[Signer] = field(default_factory=list)
     failures: list[Check] = field(default_factory=list)
 
@@ -174,9 +188,13 @@ def verify_signed_data(part: SignedPart) -> SignedData | Check:
         if kind != "signed_data":
             return Check.fail("not-signed", f"the CMS content is {kind}, not signed data")
         signed = info["content"]
-        certificates = _certificates(signed)
-        if isinstance(certificates, Check):
-            return certificates
+        found = _members(part.cms_der)
+        if isinstance(found, Check):
+            return found
+        loaded = _certificates(found.certificates)
+        if isinstance(loaded, Check):
+            return loaded
+        certificates, exact = loaded
         signer_infos = list(signed["signer_infos"])
         if not signer_infos:  # before the content: certs-only has none, signed or not
             return Check.fail("not-signed", "signed data with no signer (certs-only)")
@@ -193,7 +211,7 @@ def verify_signed_data(part: SignedPart) -> SignedData | Check:
         return Check.fail("bad-signature", f"CMS structure cannot be parsed: {exc}")
     if len(signer_infos) > MAX_SIGNERS:
         return Check.fail("malformed", f"more signers than the bound of {MAX_SIGNERS}")
-    result = SignedData(certificates)
+    result = SignedData(certificates, exact, found.crls)
     for signer_info in signer_infos:
         outcome = _verify_signer(signer_info, content, content_type, certificates)
         if isinstance(outcome, Signer):
@@ -208,27 +226,50 @@ def _octets(value: asn1.Asn1Value) -> bytes:
     return parsed if isinstance(parsed, bytes) else value.contents
 
 
-def _certificates(signed: cms.SignedData) -> list[x509.Certificate] | Check:
-    bag = signed["certificates"]
-    if isinstance(bag, asn1.Void):
-        return []
-    if len(bag) > MAX_CERTIFICATES:
+def _members(cms_der: bytes) -> rawcms.Members | Check:
+    """The certificates and CRLs as the exact bytes they arrived in (see :mod:`rawcms`)."""
+    try:
+        found = rawcms.members(cms_der)
+    except rawcms.RawCMSError as exc:
+        return Check.fail("bad-signature", f"CMS structure cannot be parsed: {exc}")
+    if len(found.certificates) > MAX_CERTIFICATES:
         return Check.fail("malformed", f"more certificates than the bound of {MAX_CERTIFICATES}")
+    if len(found.crls) > MAX_CRLS:
+        return Check.fail("malformed", f"more CRLs than the bound of {MAX_CRLS}")
+    return found
+
+
+def _certificates(ders: list[bytes]) -> tuple[list[x509.Certificate], dict] | Check:
     certificates = []
-    for choice in bag:
-        if choice.name != "certificate":
-            continue  # attribute certificates and other formats carry no key
+    exact: dict[x509.Certificate, bytes] = {}
+    for der in ders:
         try:
-            certificates.append(_load_certificate(choice.chosen.dump()))
+            cert = _load_certificate(der)
         except CORRUPT_CERTIFICATE as exc:
+            if _is_dsa(der):
+                return Check.fail("weak-algorithm", "a certificate in the signature has a DSA key")
             return Check.fail("bad-signature", f"a certificate in the signature is corrupt: {exc}")
-    return certificates
+        certificates.append(cert)
+        exact.setdefault(cert, der)
+    return certificates, exact
+
+
+def _is_dsa(der: bytes) -> bool:
+    """DSA keys whose parameters are inherited from the issuer cannot be loaded on their own;
+    S/MIME dropped DSA anyway, so such a certificate is a weak algorithm, not corruption."""
+    try:
+        return asn1_x509.Certificate.load(der).public_key.algorithm == "dsa"
+    except (ValueError, TypeError, KeyError):
+        return False
 
 
 def _load_certificate(der: bytes) -> x509.Certificate:
     """Load a certificate and read every field now: cryptography parses lazily, and a corrupt
     field must fail here, as the message's fault, not later in the policy or the log."""
-    cert = x509.load_der_x509_certificate(der)
+    return _read_all(x509.load_der_x509_certificate(der))
+
+
+def _read_all(cert: x509.Certificate) -> x509.Certificate:
     cert.extensions  # noqa: B018 - parses every extension, raising for a corrupt one
     cert.public_key()
     cert.signature_hash_algorithm  # noqa: B018 - raises for an unknown signature algorithm
@@ -349,6 +390,8 @@ def _verify_signature(
             key.verify(signature, data, ec.ECDSA(_hash(algorithm, hash_cls)))
         elif family == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, data)
+        elif family == "dsa":
+            return Check.fail("weak-algorithm", "DSA signatures are not accepted for S/MIME")
         else:
             return Check.fail(
                 "bad-signature",

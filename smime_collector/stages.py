@@ -10,8 +10,9 @@ poison message (an ``IndexError`` in a parser) came back again and again. Now th
 - anything else (a bug outside those stages) still reaches the pipeline's last resort,
   ``internal-error``.
 
-Revocation fetches (``smime_collector/revocation.py``) add their own error type to
-:data:`DEPENDENCY_ERRORS` and a reason for the ``chain`` stage to :data:`DEPENDENCY_REASONS`.
+Revocation fetches (``smime_collector/revocation.py``) turn their failures into verdicts
+themselves; a :class:`FetchError` that escaped would still be a dependency's failure, and the
+``chain`` stage's retry reason is ``revocation-unavailable``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import ParamSpec, TypeVar
 
 from smime_collector.deadline import DeadlineExceeded
 from smime_collector.dnskeys import DNSTempError
+from smime_collector.guardedfetch import FetchError
 from smime_collector.verdict import Check
 
 P = ParamSpec("P")
@@ -35,9 +37,9 @@ UNTRUSTED_INPUT_REASONS: dict[str, str] = {
     "chain": "bad-signature",
 }
 #: Failures of what the service depends on: retry later (``tempfail``).
-DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (DNSTempError, DeadlineExceeded)
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (DNSTempError, DeadlineExceeded, FetchError)
 #: The tempfail reason of a dependency failure, per stage (``internal-error`` elsewhere).
-DEPENDENCY_REASONS: dict[str, str] = {"dkim": "dns-error"}
+DEPENDENCY_REASONS: dict[str, str] = {"dkim": "dns-error", "chain": "revocation-unavailable"}
 
 
 def run_stage(

@@ -3,6 +3,10 @@
 ``trusted-certs`` names one or more PEM bundles. A bundle may have a sidecar
 ``<bundle stem>.distrust.json`` (written by ``tools/certdata2pem.py``) carrying Mozilla's
 ``CKA_NSS_EMAIL_DISTRUST_AFTER`` dates, which a PEM file alone cannot express.
+
+Each snapshot also holds the trust manager RFC 5280 path validation needs
+(:mod:`smime_collector.pathvalidation`): building it over ~150 roots costs milliseconds, so it
+is built once per snapshot, never per message.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from asn1crypto import pem as asn1_pem
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.verification import Store
+from pyhanko_certvalidator.authority import CertTrustAnchor
+from pyhanko_certvalidator.registry import SimpleTrustManager
+
+from smime_collector.rawcms import exact_certificate
 
 #: What cryptography raises for a certificate it cannot read, now or when a field is first used.
 CORRUPT_CERTIFICATE = (
@@ -45,34 +53,55 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-@dataclass(frozen=True, eq=False)  # identity: one snapshot per load
+@dataclass(frozen=True, eq=False)  # identity: one snapshot per load, a key for caches
 class Anchors:
-    """An immutable snapshot: the roots, a ready verifier store and the distrust-after dates."""
+    """An immutable snapshot: the roots, their trust manager and the distrust-after dates."""
 
     roots: tuple[x509.Certificate, ...]
-    store: Store
+    trust_manager: SimpleTrustManager
     distrust_after: dict[str, datetime] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.roots)
 
 
+def _trust_manager(ders: list[bytes]) -> SimpleTrustManager:
+    """RFC 5280 §6.1.1(d): an anchor is a name and a key. A version-1 root carries no
+    extensions to read, and none are asked of it; the S/MIME rules check the certificates
+    below it."""
+    anchors = [CertTrustAnchor(exact_certificate(der)) for der in ders]
+    return SimpleTrustManager.build(trust_roots=anchors)
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    """The DER of every CERTIFICATE block, exactly as the bundle holds it."""
+    return [der for kind, _, der in asn1_pem.unarmor(data, multiple=True) if kind == "CERTIFICATE"]
+
+
 def load_anchors(paths: list[Path]) -> Anchors:
     roots: list[x509.Certificate] = []
+    ders: list[bytes] = []
     distrust: dict[str, datetime] = {}
     for path in paths:
         try:
+            data = path.read_bytes()
             with warnings.catch_warnings():
                 # Some long-lived roots carry serial number 0; they are still valid anchors.
                 warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-                certs = x509.load_pem_x509_certificates(path.read_bytes())
-        except (OSError, ValueError) as exc:
+                certs = x509.load_pem_x509_certificates(data)
+            blocks = _pem_blocks(data)
+        except (OSError, ValueError, TypeError) as exc:
             raise TrustError(f"cannot load trust bundle {path}: {exc}") from None
         roots.extend(certs)
+        ders.extend(blocks)
         distrust.update(_load_sidecar(sidecar_path(path)))
     if not roots:
         raise TrustError("no trust anchors loaded")
-    return Anchors(tuple(roots), Store(roots), distrust)
+    try:
+        manager = _trust_manager(ders)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise TrustError(f"cannot use a trust anchor: {exc}") from None
+    return Anchors(tuple(roots), manager, distrust)
 
 
 def _load_sidecar(path: Path) -> dict[str, datetime]:

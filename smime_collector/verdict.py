@@ -74,6 +74,19 @@ class Reason(StrEnum):
         "malformed",
         "The message or signature cannot be parsed, or exceeds a safety bound.",
     )
+    REVOKED = (
+        "revoked",
+        "The certificate (or one above it) was revoked at the verification time.",
+    )
+    REVOCATION_UNKNOWN = (
+        "revocation-unknown",
+        "No usable CRL or OCSP answer (revocation = hard): none found, or none that verifies.",
+    )
+    REVOCATION_UNAVAILABLE = (
+        "revocation-unavailable",
+        "A CRL or OCSP server failed or timed out, or a CRL is past its nextUpdate "
+        "(revocation = hard); the relay should retry.",
+    )
     OLDER_THAN_STORED = (
         "older-than-stored",
         "A newer certificate is already stored for this address.",

@@ -8,6 +8,7 @@ one place, :func:`supersede`, which every backend calls under its own lock or tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -95,10 +96,36 @@ class CertStore(Protocol):
     def get(self, address: str) -> x509.Certificate | None:
         """The current certificate of ``address`` (matched case-insensitively), or ``None``."""
 
+    def get_der(self, address: str) -> bytes | None:
+        """The current certificate of ``address`` as the exact bytes that arrived."""
+
     def save(
-        self, address: str, cert: x509.Certificate, current_revoked: bool = False
+        self,
+        address: str,
+        cert: x509.Certificate,
+        current_revoked: bool = False,
+        der: bytes | None = None,
+        chain: Sequence[bytes] | None = None,
     ) -> StoreResult:
-        """Make ``cert`` the current certificate of ``address`` if :func:`supersede` allows."""
+        """Make ``cert`` the current certificate of ``address`` if :func:`supersede` allows.
+        ``der``: its exact bytes, kept as they are; ``chain``: its issuers, for re-validation.
+        A certificate with a revoked marker is refused (``revoked``)."""
+
+    def addresses(self) -> list[str]:
+        """Every address with a current certificate, sorted."""
+
+    def chain(self, address: str) -> list[bytes]:
+        """The issuers kept with ``address``'s certificate (exact bytes)."""
+
+    def is_revoked(self, address: str, cert: x509.Certificate) -> bool:
+        """Whether ``cert`` was found revoked for ``address``."""
+
+    def mark_revoked(self, address: str, cert: x509.Certificate, detail: str) -> None:
+        """Record that ``cert`` was found revoked (and when); it is never served or stored."""
+
+    def retire_revoked(self, address: str, cert: x509.Certificate, detail: str) -> bool:
+        """Move a revoked current certificate aside with its marker; False when ``address``
+        no longer holds ``cert``."""
 
     def list(self, expiring_before: datetime | None = None) -> list[Entry]:
         """Current certificates sorted by address; only those whose notAfter is before

@@ -3,20 +3,26 @@
 Writes are atomic and durable (dot-prefixed temp file, fsync, rename, fsync of the folder),
 serialised per address with an ``fcntl`` lock so concurrent workers never tear a file, and never
 downgrade: an older certificate does not replace a newer one, and a replaced certificate is kept
-under ``.history/``. Everything the service keeps besides the certificates is dot-prefixed.
+under ``.history/``. Certificates are written as the exact bytes they arrived in. A revoked one
+moves to ``.history/`` beside a ``.revoked`` marker; ``.chains/`` keeps each certificate's
+issuers for ``--recheck``. Everything the service keeps besides the certificates is
+dot-prefixed.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import tempfile
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
+from asn1crypto import pem as asn1_pem
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -27,9 +33,21 @@ from smime_collector.verdict import Check, Reason
 MAX_ADDRESS_LENGTH = 254
 HISTORY = ".history"
 LOCKS = ".locks"
+CHAINS = ".chains"
+REVOKED_SUFFIX = ".revoked"
 MAX_NAME_BYTES = 255  # NAME_MAX: the longest file name (in bytes) Linux file systems take
 #: The longest name made from an address: ``.history/<address>.<SHA-256 hex>.crt``.
 MAX_ADDRESS_BYTES = MAX_NAME_BYTES - len(".") - 64 - len(".crt")
+
+
+_DER = serialization.Encoding.DER
+
+
+def pem_of(der: bytes) -> bytes:
+    """PEM armour around exactly ``der`` (RFC 7468: 64-column base64)."""
+    text = base64.b64encode(der)
+    lines = b"\n".join(text[i : i + 64] for i in range(0, len(text), 64))
+    return b"-----BEGIN CERTIFICATE-----\n" + lines + b"\n-----END CERTIFICATE-----\n"
 
 
 def unsafe_address(address: str) -> str | None:
@@ -95,10 +113,102 @@ class FolderStore:
         except CORRUPT_CERTIFICATE:
             return None  # a damaged file is replaced by a good certificate, never trusted
 
+    def get_der(self, address: str) -> bytes | None:
+        """The stored certificate's exact bytes (what arrived), never following a symlink."""
+        address = address.strip().lower()
+        if not address or unsafe_address(address):
+            return None
+        try:
+            fd = os.open(self.path_for(address), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP):
+                return None
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read()
+        try:
+            kind, _, der = asn1_pem.unarmor(data)
+        except (ValueError, TypeError):
+            return None
+        return der if kind == "CERTIFICATE" else None
+
+    def addresses(self) -> list[str]:
+        """Every address with a stored certificate, sorted."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(
+            p.name.removesuffix(".crt")
+            for p in self.folder.glob("*.crt")
+            if not p.name.startswith(".") and not p.is_symlink()
+        )
+
+    def chain(self, address: str) -> list[bytes]:
+        """The issuers kept with ``address``'s certificate (exact bytes), for re-validation."""
+        try:
+            data = (self.folder / CHAINS / f"{address.lower()}.pem").read_bytes()
+            return [
+                der
+                for kind, _, der in asn1_pem.unarmor(data, multiple=True)
+                if kind == "CERTIFICATE"
+            ]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def _marker(self, address: str, cert: x509.Certificate) -> Path:
+        return self.folder / HISTORY / f"{address.lower()}.{fingerprint(cert)}{REVOKED_SUFFIX}"
+
+    def is_revoked(self, address: str, cert: x509.Certificate) -> bool:
+        """Whether ``cert`` was found revoked for ``address`` (it has a marker)."""
+        return self._marker(address, cert).exists()
+
+    def mark_revoked(self, address: str, cert: x509.Certificate, detail: str) -> None:
+        """Record that ``cert`` was found revoked, and when: ``.history/<address>.<sha256>
+        .revoked``, beside the certificate's copy there."""
+        address = address.lower()
+        history = self.folder / HISTORY
+        history.mkdir(parents=True, exist_ok=True)
+        marker = {
+            "state": "revoked",
+            "email": address,
+            "sha256": fingerprint(cert),
+            "found": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "detail": detail,
+        }
+        data = (json.dumps(marker, indent=1) + "\n").encode()
+        self._write_atomic(history, self._marker(address, cert).name, data)
+
+    def retire_revoked(self, address: str, cert: x509.Certificate, detail: str) -> bool:
+        """Move ``cert`` out of ``<address>.crt`` into ``.history/`` with its marker. False
+        when the file no longer holds ``cert`` or cannot be changed."""
+        address = address.lower()
+        try:
+            with self._locked(address):
+                if self.read(address) != cert:
+                    return False
+                self._keep_history(address, cert)
+                self.mark_revoked(address, cert, detail)
+                os.unlink(self.path_for(address))
+                with contextlib.suppress(OSError):
+                    os.unlink(self.folder / CHAINS / f"{address}.pem")
+                _fsync_folder(self.folder)
+                return True
+        except OSError:
+            return False
+
     def save(
-        self, address: str, cert: x509.Certificate, current_revoked: bool = False
+        self,
+        address: str,
+        cert: x509.Certificate,
+        current_revoked: bool = False,
+        der: bytes | None = None,
+        chain: Sequence[bytes] | None = None,
     ) -> StoreResult:
-        """Store ``cert`` for ``address``: stored, unchanged, older-than-stored or store-error."""
+        """Store ``cert`` for ``address``: stored, unchanged, older-than-stored, revoked (a
+        certificate already found revoked) or store-error.
+
+        ``der`` is the certificate exactly as it arrived: the stored PEM decodes to exactly
+        those bytes. ``chain`` (its issuers, exact bytes) is kept for ``--recheck``.
+        """
         reason = unsafe_address(address)
         if reason:
             return StoreResult(Check.fail(Reason.UNSAFE_ADDRESS, reason))
@@ -106,12 +216,23 @@ class FolderStore:
         try:
             self.ensure()
             with self._locked(address):
-                return self._save_locked(address, cert, current_revoked)
+                if self.is_revoked(address, cert):
+                    return StoreResult(
+                        Check.fail(Reason.REVOKED, "this certificate was found revoked earlier")
+                    )
+                result = self._save_locked(
+                    address, cert, current_revoked, der or cert.public_bytes(_DER)
+                )
+                if result.changed and chain is not None:
+                    chains = self.folder / CHAINS
+                    chains.mkdir(exist_ok=True)
+                    self._write_atomic(chains, f"{address}.pem", b"".join(map(pem_of, chain)))
+                return result
         except OSError as exc:
             return StoreResult(Check.retry(Reason.STORE_ERROR, f"cannot write certificate: {exc}"))
 
     def _save_locked(
-        self, address: str, cert: x509.Certificate, current_revoked: bool
+        self, address: str, cert: x509.Certificate, current_revoked: bool, der: bytes
     ) -> StoreResult:
         path = self.path_for(address)
         current = self.read(address)
@@ -122,7 +243,7 @@ class FolderStore:
             return StoreResult(Check.fail(Reason.OLDER_THAN_STORED, why))
         if current is not None:
             self._keep_history(address, current)
-        data = cert.public_bytes(serialization.Encoding.PEM)
+        data = pem_of(der)
         self._write_atomic(self.folder, path.name, data)
         return StoreResult(Check.passed("stored"), True, str(path), len(data))
 
@@ -140,6 +261,8 @@ class FolderStore:
                 continue
             if expiring_before is not None and cert.not_valid_after_utc > expiring_before:
                 continue
+            if self.is_revoked(path.name.removesuffix(".crt"), cert):
+                continue  # never listed, even if it came back
             entries.append(
                 Entry(
                     path.name.removesuffix(".crt"),
@@ -155,7 +278,8 @@ class FolderStore:
         history.mkdir(exist_ok=True)
         name = f"{address}.{fingerprint(cert)}.crt"
         if not (history / name).exists():
-            self._write_atomic(history, name, cert.public_bytes(serialization.Encoding.PEM))
+            der = self.get_der(address) or cert.public_bytes(_DER)
+            self._write_atomic(history, name, pem_of(der))
 
     @staticmethod
     def _write_atomic(folder: Path, name: str, data: bytes) -> None:
@@ -171,11 +295,7 @@ class FolderStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_folder(folder)
 
     @contextlib.contextmanager
     def _locked(self, address: str) -> Iterator[None]:
@@ -197,3 +317,11 @@ class FolderStore:
         except OSError as exc:
             return Check.retry(Reason.STORE_ERROR, f"{self.folder} is not writable: {exc}")
         return Check.passed(f"{self.folder} is writable")
+
+
+def _fsync_folder(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
