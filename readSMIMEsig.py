@@ -3,6 +3,7 @@
 
 Takes ``.eml`` files, folders of them, mbox files and Maildir folders. Exit codes: 0 all
 stored/unchanged, 1 any rejected, 75 any tempfail (EX_TEMPFAIL), 2 usage or configuration error.
+``--recheck`` validates the stored certificates again (exit 0 / 1 revoked or expired / 75).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from smime_collector import logsetup
+from smime_collector import logsetup, recheck
 from smime_collector.config import ConfigError, Settings, load_settings
 from smime_collector.delivery import Delivery
 from smime_collector.dnskeys import DNSTempError, KeyResolver
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per message")
     parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="validate every stored certificate again as of now (path and revocation); "
+        "move revoked ones to .history/",
+    )
+    parser.add_argument(
         "--check-config",
         action="store_true",
         help="check the configuration, trust anchors, folders and DNS, then exit",
@@ -83,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.check_config:
         return check_config(args.config, sys.stdout)
+    if args.recheck:
+        return run_recheck(args.config, args.json, sys.stdout)
     if not args.files:
         parser.error("give at least one EMLFILE, folder, mbox or Maildir (or --check-config)")
     try:
@@ -111,6 +120,34 @@ def main(argv: list[str] | None = None) -> int:
     if len(verdicts) > 1:
         summary(verdicts, sys.stderr if args.json else sys.stdout)
     return exit_code(verdicts)
+
+
+def run_recheck(config: str | None, as_json: bool, out: TextIO) -> int:
+    """Every stored certificate, one line (or JSON object) each; see :mod:`recheck`."""
+    try:
+        settings = load(config)
+        sink = logsetup.attach(
+            "readSMIMEsig", settings.log_file, settings.log_level, settings.log_format
+        )
+        collector = Collector.build(settings, sink)
+    except (ConfigError, TrustError, OSError) as exc:
+        print(f"readSMIMEsig.py: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with sink.context():
+        log.info("Recheck of %s", collector.store.location("*"))
+        results = recheck.recheck_all(
+            collector.store,
+            collector.anchors.current(),
+            collector.revocation,
+            settings.allow_sha1,
+            datetime.now(UTC),
+        )
+    for result in results:
+        if as_json:
+            print(json.dumps(result.as_dict()), file=out, flush=True)
+        else:
+            print(f"{result.email}: {result.state} ({result.detail})", file=out, flush=True)
+    return recheck.exit_code(results)
 
 
 def judge(collector: Collector, source: Source) -> Verdict:
