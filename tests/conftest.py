@@ -46,6 +46,8 @@ def make_settings(tmp_path: Path, dns: LoopbackDNS) -> SettingsFactory:
             "log-file": str(tmp_path / "webapp.log"),
             "dns-nameservers": dns.nameserver,
             "dns-timeout": "1",
+            # No test reaches the internet: fetching is on only where a test serves the URLs.
+            "revocation-fetch": "no",
         }
         values.update({key.replace("_", "-"): value for key, value in overrides.items()})
         return Settings.from_mapping(values, tmp_path, "test")
@@ -54,7 +56,9 @@ def make_settings(tmp_path: Path, dns: LoopbackDNS) -> SettingsFactory:
 
 
 def write_ini(path: Path, values: dict[str, str]) -> Path:
-    """An INI file with a [webapp] section, for the CLI and gunicorn."""
+    """An INI file with a [webapp] section, for the CLI and gunicorn. Revocation fetching is
+    off unless ``values`` turn it on: no test reaches the internet."""
+    values = {"revocation-fetch": "no", **values}
     lines = ["[webapp]", *(f"{key} = {value}" for key, value in values.items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

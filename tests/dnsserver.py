@@ -19,7 +19,7 @@ from typing import Self
 import dkim
 import dns.exception
 import dns.resolver
-from dnslib import QTYPE, RCODE, RR, TXT, DNSError, DNSRecord
+from dnslib import QTYPE, RCODE, RR, TXT, A, DNSError, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 MODES = ("normal", "servfail", "drop")
@@ -65,6 +65,7 @@ class LoopbackDNS(BaseResolver):
         self.ttl = ttl
         self._lock = threading.Lock()
         self._records: dict[str, list[tuple[str, int]]] = {}
+        self._addresses: dict[str, list[str]] = {}
         self._mode = "normal"
         self._queries = 0
         self._tcp_queries = 0
@@ -87,10 +88,16 @@ class LoopbackDNS(BaseResolver):
         with self._lock:
             self._records[key] = [*self._records.get(key, []), entry] if append else [entry]
 
+    def add_a(self, name: str, address: str) -> None:
+        """Serve ``address`` as ``name``'s A record (for revocation URLs that name a host)."""
+        with self._lock:
+            self._addresses[_normalize(name)] = [address]
+
     def remove(self, name: str) -> None:
         """Stop serving ``name`` (it then gets NXDOMAIN); unknown names are ignored."""
         with self._lock:
             self._records.pop(_normalize(name), None)
+            self._addresses.pop(_normalize(name), None)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -137,7 +144,10 @@ class LoopbackDNS(BaseResolver):
             self._queries += 1
             self._tcp_queries += handler.protocol == "tcp"
             self.query_log.append((qname, QTYPE.get(request.q.qtype)))
-            answers = list(self._records[key]) if key in self._records else None
+            answers = list(self._records.get(key, [])) if key in self._records else None
+            addresses = list(self._addresses.get(key, []))
+            if answers is None and addresses:
+                answers = []
         if self._mode == "drop":
             if handler.protocol == "tcp":
                 self._stopping.wait(_TCP_DROP_HOLD)
@@ -146,6 +156,9 @@ class LoopbackDNS(BaseResolver):
         if self._mode == "servfail" or answers is None:
             reply.header.rcode = RCODE.SERVFAIL if self._mode == "servfail" else RCODE.NXDOMAIN
             return reply
+        if request.q.qtype == QTYPE.A:
+            for address in addresses:
+                reply.add_answer(RR(qname, QTYPE.A, rdata=A(address), ttl=self.ttl))
         if request.q.qtype in (QTYPE.TXT, QTYPE.ANY):  # other types: NOERROR, no data
             for value, ttl in answers:
                 reply.add_answer(RR(qname, QTYPE.TXT, rdata=TXT(_split_txt(value)), ttl=ttl))

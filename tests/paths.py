@@ -8,6 +8,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SPARKY = SHARED / "corpus" / "sparkysecure"
 THUNDERBIRD = SHARED / "corpus" / "thunderbird"
+PKITS = SHARED / "corpus" / "pkits"
 CERTDATA = SHARED / "trust" / "certdata.txt"
 
 

@@ -100,6 +100,7 @@ def settings_for(folder: Path, factory: MailFactory, certs: Path | None = None) 
         "dns-nameservers": factory.dns.nameserver,
         "dns-timeout": "1",
         "trusted-certs": str(factory.ca_file),
+        "revocation-fetch": "no",
     }
     return Settings.from_mapping(values, folder, "test")
 

@@ -287,6 +287,7 @@ def test_concurrent_relay_load(tmp_path: Path, dns_server: LoopbackDNS, capsys) 
             assert path.read_bytes().count(b"BEGIN CERTIFICATE") == 1, path
             x509.load_pem_x509_certificate(path.read_bytes())
     assert {p.name for p in certs_dir.iterdir() if p.name.startswith(".")} <= {
+        ".chains",  # each certificate's issuers, for --recheck
         ".history",
         ".locks",
     }

@@ -245,6 +245,7 @@ def make_judge(tmp_path: Path, dns_server: LoopbackDNS) -> Callable[..., Judge]:
             "log-file": str(folder / "webapp.log"),
             "dns-nameservers": dns_server.nameserver,
             "dns-timeout": "1",
+            "revocation-fetch": "no",
             **{key.replace("_", "-"): value for key, value in overrides.items()},
         }
         settings_ = Settings.from_mapping(values, folder, "test")
