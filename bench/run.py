@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bench import CACHE_DIR, RESULTS_FILE, BenchError, bigmsg, inprocess
+from bench import CACHE_DIR, RESULTS_FILE, BenchError, bigmsg, inprocess, pathrev
 from bench.corpus import Corpus, load_corpus
 from bench.http_load import LoadResult, batch_bodies, gunicorn, run_load, server_pids
 from bench.inprocess import PassResult, best, least_cpu
@@ -33,7 +33,7 @@ from bench.scaling import LoadPlan, batch_sizes, store_sizes, trust_sizes
 from bench.workspace import Workspace, workspace
 from tests.servers import Gunicorn
 
-SECTIONS = ("in-process", "http", "scaling", "big", "memory")
+SECTIONS = ("in-process", "revocation", "http", "scaling", "big", "memory")
 WORKERS = 2
 
 
@@ -193,6 +193,42 @@ def section_in_process(b: Bench) -> None:
             "rsa": f.rsa_per_message * 1e6,
             "sha256": f.digest_per_message * 1e6,
         },
+    }
+
+
+def section_revocation(b: Bench) -> None:
+    say("revocation: the seed's Gmail message, path validation and revocation cold/warm ...")
+    res = pathrev.measure(b.ws, 200 if b.params.name == "full" else 50, b.params.repeats)
+    sec = "revocation"
+    gmail_rate = 1 / res.gmail_per_message
+    b.report.add(
+        sec,
+        f"seed's Gmail message, in-process ({res.gmail_verdict} first, then unchanged)",
+        f"{rate(gmail_rate)} ({us(res.gmail_per_message)} each)",
+        gmail_rate,
+    )
+    times = gmail_rate / pathrev.SEED_RATE
+    b.report.add(
+        sec, "  times the seed's throughput (48/s)", f"{times:.1f}x", times, at_least(20, "≥ 20x")
+    )
+    b.report.add(sec, "path validation, Gmail chain, cold", us(res.path_cold), res.path_cold)
+    b.report.add(
+        sec, "path validation, Gmail chain, warm (cached)", us(res.path_warm), res.path_warm
+    )
+    b.report.add(
+        sec, "revocation, 2 CRLs over loopback HTTP, cold", us(res.revocation_cold),
+        res.revocation_cold,
+    )  # fmt: skip
+    b.report.add(
+        sec, "revocation, 2 CRLs, warm (cached until nextUpdate)", us(res.revocation_warm),
+        res.revocation_warm,
+    )  # fmt: skip
+    b.report.details[sec] = {
+        "gmail_us": res.gmail_per_message * 1e6,
+        "path_cold_us": res.path_cold * 1e6,
+        "path_warm_us": res.path_warm * 1e6,
+        "revocation_cold_us": res.revocation_cold * 1e6,
+        "revocation_warm_us": res.revocation_warm * 1e6,
     }
 
 
@@ -443,6 +479,7 @@ def section_memory(b: Bench) -> None:
 
 STEPS: tuple[tuple[str, Callable[[Bench], None]], ...] = (
     ("in-process", section_in_process),
+    ("revocation", section_revocation),
     ("http", section_http),
     ("scaling", section_scaling_batch),
     ("memory", section_memory),
