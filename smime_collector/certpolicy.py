@@ -9,7 +9,6 @@ address check never hides a revoked certificate.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,7 +41,6 @@ class Candidate:
     crls: list[bytes] = field(default_factory=list)
     revocation: Revocation | None = None
     deadline: Deadline = field(default_factory=Deadline.never)
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger(__name__))
     path: ValidPath | None = None
 
     def der(self, cert: x509.Certificate) -> bytes:
@@ -124,7 +122,6 @@ def check_revocation(c: Candidate) -> Check:
         c.at,
         c.allow_sha1,
         c.deadline,
-        log=c.log,
     )
 
 

@@ -83,7 +83,7 @@ def recheck_one(
             return Recheck(address, "expired", found.detail)
         return Recheck(address, "unknown", f"{found.reason}: {found.detail}")
     bag = [der_of[c] for c in [cert, *chain]]
-    finding = revocation.status(found, bag, [], anchors, now, allow_sha1, Deadline.never(), log=log)
+    finding = revocation.status(found, bag, [], anchors, now, allow_sha1, Deadline.never())
     if finding.status is Status.GOOD:
         return Recheck(address, "valid", finding.detail)
     if finding.status is Status.REVOKED:

@@ -27,11 +27,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from asn1crypto import algos, crl, ocsp
+from asn1crypto import algos, crl, ocsp, pem
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from pyhanko_certvalidator.errors import (
@@ -45,7 +45,7 @@ from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolic
 from pyhanko_certvalidator.revinfo.validate_crl import verify_crl
 from pyhanko_certvalidator.revinfo.validate_ocsp import verify_ocsp_response
 
-from smime_collector import pathvalidation
+from smime_collector import metrics, pathvalidation
 from smime_collector.deadline import Deadline
 from smime_collector.guardedfetch import FetchError, FetchPolicy, fetch
 from smime_collector.pathvalidation import ValidPath, common_name
@@ -119,8 +119,6 @@ def load_local_crls(paths: Sequence[Path]) -> list[bytes]:
 
 
 def _crl_ders(data: bytes, source: Path) -> list[bytes]:
-    from asn1crypto import pem
-
     try:
         if pem.detect(data):
             ders = [der for kind, _, der in pem.unarmor(data, multiple=True) if "CRL" in kind]
@@ -131,6 +129,46 @@ def _crl_ders(data: bytes, source: Path) -> list[bytes]:
     except (ValueError, TypeError, KeyError) as exc:
         raise RevocationConfigError(f"revocation-crls {source} is not a CRL: {exc}") from None
     return ders
+
+
+class LocalCRLs:
+    """The ``revocation-crls`` files, read at start-up and again when one of them (or a
+    folder's listing) changes, so a cron job that downloads fresh CRLs needs no restart.
+    A folder caught half-written keeps the CRLs read before."""
+
+    def __init__(self, paths: Sequence[Path], check_interval: float = 5.0) -> None:
+        self.paths = tuple(paths)
+        self.check_interval = check_interval
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._crls = load_local_crls(self.paths)  # a bad file at start-up is a config error
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[tuple[str, int, int], ...]:
+        stamps = []
+        for path in self.paths:
+            files = sorted(path.iterdir()) if path.is_dir() else [path]
+            for file in files:
+                try:
+                    st = file.stat()
+                except OSError:
+                    continue
+                stamps.append((str(file), st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
+
+    def crls(self) -> list[bytes]:
+        if not self.paths or time.monotonic() - self._checked < self.check_interval:
+            return self._crls
+        with self._lock:
+            self._checked = time.monotonic()
+            try:
+                stamp = self._stat()
+                if stamp != self._stamp:
+                    self._crls = load_local_crls(self.paths)
+                    self._stamp = stamp
+            except (OSError, RevocationConfigError) as exc:
+                log.warning("| revocation-crls not reloaded, keeping the last good ones: %s", exc)
+        return self._crls
 
 
 # -- the cache -------------------------------------------------------------------------------
@@ -272,10 +310,9 @@ def _ocsp_expiry(data: bytes) -> float | None:
 
 @dataclass
 class _Budget:
-    """What one message may still spend on fetching, and the log its lines go to."""
+    """What one message may still spend on fetching."""
 
     deadline: Deadline
-    log: logging.Logger
     fetches_left: int = MAX_FETCHES_PER_MESSAGE
 
 
@@ -297,7 +334,7 @@ class Revocation:
 
     def __init__(self, settings: RevocationSettings, cache: FetchCache | None = None) -> None:
         self.settings = settings
-        self.local_crls = load_local_crls(settings.crl_paths)
+        self.local = LocalCRLs(settings.crl_paths)
         self.cache = cache or FetchCache()
         self.policy = FetchPolicy(
             settings.timeout, settings.max_bytes, settings.allow_private, settings.nameservers
@@ -313,14 +350,13 @@ class Revocation:
         allow_sha1: bool,
         deadline: Deadline,
         fetch_allowed: bool | None = None,
-        log: logging.Logger = log,
     ) -> Finding:
         """The status of every certificate below the anchor, combined: revoked if any is,
         unknown if any has no usable source, unavailable if any could not be checked now."""
         fetching = self.settings.fetch if fetch_allowed is None else fetch_allowed
-        budget = _Budget(deadline, log)
+        budget = _Budget(deadline)
         pool = [pathvalidation.from_der(der) for der in bag]
-        held = [*crls, *self.local_crls]
+        held = [*crls, *self.local.crls()]
         ocsps: list[bytes] = []
         findings: list[tuple[x509.Certificate, Status, str]] = []
         issued = [*path.certs[1:], *([path.anchor] if path.anchor is not None else [])]
@@ -429,7 +465,7 @@ class Revocation:
         content_type = "application/ocsp-request" if body is not None else None
 
         def load() -> bytes:
-            budget.log.info("| revocation fetch %s", url)
+            log.info("| revocation fetch %s", url)
             return fetch(url, self.policy, budget.deadline, body=body, content_type=content_type)
 
         try:
@@ -452,15 +488,12 @@ class Revocation:
         at: datetime,
         allow_sha1: bool,
         deadline: Deadline,
-        log: logging.Logger = log,
     ) -> Check:
         """The verdict the configured mode gives: ``soft`` passes an unestablished status
         with a warning, ``hard`` fails it, ``off`` checks nothing."""
-        from smime_collector import metrics
-
         if self.settings.mode == "off":
             return Check.passed("revocation checking is off")
-        finding = self.status(path, bag, crls, anchors, at, allow_sha1, deadline, log=log)
+        finding = self.status(path, bag, crls, anchors, at, allow_sha1, deadline)
         if finding.status is Status.GOOD:
             return Check.passed(f"not revoked ({finding.detail})")
         if finding.status is Status.REVOKED:
@@ -587,7 +620,3 @@ def _is_crl(data: bytes) -> bool:
     except (ValueError, TypeError, KeyError):
         return False
     return True
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from smime_collector import guardedfetch
 from smime_collector.config import load_settings
 from smime_collector.deadline import Deadline
 from smime_collector.guardedfetch import FetchError, FetchPolicy
-from smime_collector.revocation import FetchCache
+from smime_collector.revocation import FetchCache, LocalCRLs
 from smime_collector.verdict import Outcome, Verdict
 from tests import pki
 from tests.conftest import write_ini
@@ -514,3 +515,20 @@ def test_a_revoked_stored_certificate_never_blocks_its_owners_new_one(
     assert stored == older.cert.public_bytes(serialization.Encoding.DER)
     sha = newer.cert.fingerprint(hashes.SHA256()).hex()
     assert (tmp_path / "certs" / ".history" / f"{ALICE}.{sha}.revoked").exists()
+
+
+def test_local_crls_are_read_again_when_they_change(tmp_path) -> None:
+    root = issue("Local Root", None, ca=True)
+    folder = tmp_path / "crls"
+    folder.mkdir()
+    first = crl(root)
+    (folder / "root.crl").write_bytes(first)
+    local = LocalCRLs([folder], check_interval=0)
+    assert local.crls() == [first]
+    newer = crl(root, [issue("x@example.org", root, ca=False).cert])
+    (folder / "root.crl").write_bytes(newer)
+    os.utime(folder / "root.crl", (1, 2))  # a different mtime even within one clock tick
+    assert local.crls() == [newer]
+    (folder / "root.crl").write_bytes(b"half-written")
+    os.utime(folder / "root.crl", (3, 4))
+    assert local.crls() == [newer]  # a broken file keeps the last good CRLs
