@@ -49,7 +49,7 @@ from smime_collector import metrics, pathvalidation
 from smime_collector.deadline import Deadline
 from smime_collector.guardedfetch import FetchError, FetchPolicy, fetch
 from smime_collector.pathvalidation import ValidPath, common_name
-from smime_collector.trust import Anchors
+from smime_collector.trust import Anchors, fingerprint
 from smime_collector.verdict import Check
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ CACHE_BYTES = 64 * 1024 * 1024
 #: per URL and period, not one per message.
 FAILURE_TTL_TRANSIENT = 30.0
 FAILURE_TTL_PERMANENT = 300.0
+#: Verified "not revoked" answers kept per process (see :class:`VerifiedCache`).
+VERIFIED_ENTRIES = 4096
 #: CRL files read from ``revocation-crls``; a folder with more is a configuration error.
 MAX_LOCAL_CRLS = 1000
 
@@ -169,6 +171,59 @@ class LocalCRLs:
             except (OSError, RevocationConfigError) as exc:
                 log.warning("| revocation-crls not reloaded, keeping the last good ones: %s", exc)
         return self._crls
+
+
+class VerifiedCache:
+    """ "Not revoked" answers already verified, so that a CRL served from the fetch cache is
+    not verified again for every message (its signature, its issuer's path).
+
+    Keyed by the certificate, its issuer, the exact set of CRLs that were available, the trust
+    snapshot and allow-sha1; used only between the latest thisUpdate and the earliest
+    nextUpdate of those CRLs, and only when none of them lists the certificate's serial (a
+    listed serial may be revoked from a date on, so its answer depends on the time).
+    """
+
+    def __init__(self, entries: int = VERIFIED_ENTRIES) -> None:
+        self.entries = entries
+        self._items: OrderedDict[tuple[object, ...], tuple[str, datetime, datetime]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...], at: datetime) -> str | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or not item[1] <= at <= item[2]:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
+
+    def put(self, key: tuple[object, ...], detail: str, crls: list[bytes], serial: int) -> None:
+        window = _crl_window(crls, serial)
+        if window is None:
+            return
+        with self._lock:
+            self._items[key] = (detail, *window)
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+
+
+def _crl_window(crls: list[bytes], serial: int) -> tuple[datetime, datetime] | None:
+    """[latest thisUpdate, earliest nextUpdate] of ``crls``, or None when a CRL lacks a
+    nextUpdate, cannot be read, or lists ``serial``."""
+    starts, ends = [], []
+    for data in crls:
+        try:
+            tbs = crl.CertificateList.load(data)["tbs_cert_list"]
+            starts.append(tbs["this_update"].native)
+            ends.append(tbs["next_update"].native)
+            if any(
+                entry["user_certificate"].native == serial for entry in tbs["revoked_certificates"]
+            ):
+                return None
+        except (ValueError, TypeError, KeyError):
+            return None
+    if not ends or any(end is None for end in ends):
+        return None
+    return max(starts), min(ends)
 
 
 # -- the cache -------------------------------------------------------------------------------
@@ -336,6 +391,7 @@ class Revocation:
         self.settings = settings
         self.local = LocalCRLs(settings.crl_paths)
         self.cache = cache or FetchCache()
+        self.verified = VerifiedCache()
         self.policy = FetchPolicy(
             settings.timeout, settings.max_bytes, settings.allow_private, settings.nameservers
         )
@@ -352,10 +408,12 @@ class Revocation:
         fetch_allowed: bool | None = None,
     ) -> Finding:
         """The status of every certificate below the anchor, combined: revoked if any is,
-        unknown if any has no usable source, unavailable if any could not be checked now."""
+        unavailable if any could not be checked now, unknown if any has no usable source."""
         fetching = self.settings.fetch if fetch_allowed is None else fetch_allowed
         budget = _Budget(deadline)
         pool = [pathvalidation.from_der(der) for der in bag]
+        if path.anchor is not None:  # the CRL of the certificate just below it is the anchor's
+            pool.append(pathvalidation.asn1(path.anchor))
         held = [*crls, *self.local.crls()]
         ocsps: list[bytes] = []
         findings: list[tuple[x509.Certificate, Status, str]] = []
@@ -368,7 +426,9 @@ class Revocation:
                 cert, issuer, path, pool, held, ocsps, anchors, at, allow_sha1, fetching, budget
             )
             findings.insert(0, (cert, *_conclude(evidence)))
-        for status in (Status.REVOKED, Status.UNKNOWN, Status.UNAVAILABLE):
+        # A certificate's CRL is unusable when its issuer's own status is stale, so a failure a
+        # retry could cure anywhere on the path counts before "unknown".
+        for status in (Status.REVOKED, Status.UNAVAILABLE, Status.UNKNOWN):
             for cert, found, detail in findings:
                 if found is status:
                     return Finding(status, f"{common_name(cert)}: {detail}")
@@ -399,10 +459,18 @@ class Revocation:
         target = _pkix_cert(path, cert)
 
         def judge_crls() -> None:
+            key = (anchors, allow_sha1, fingerprint(cert), fingerprint(issuer),
+                   frozenset(hashlib.sha256(c).digest() for c in held))  # fmt: skip
+            known = self.verified.get(key, at)
+            if known is not None:
+                evidence.good = known
+                return
             ctx = pathvalidation.context(
                 anchors, pool, at, allow_sha1, _REQUIRE, crls=held, ocsps=ocsps
             )
             _judge(lambda: verify_crl(target, path.pkix, ctx), evidence, "CRL")
+            if evidence.good is not None:
+                self.verified.put(key, evidence.good, held, cert.serial_number)
 
         if held:
             judge_crls()

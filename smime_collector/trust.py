@@ -16,17 +16,19 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from asn1crypto import pem as asn1_pem
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
-from pyhanko_certvalidator.authority import CertTrustAnchor
-from pyhanko_certvalidator.registry import SimpleTrustManager
+from pyhanko_certvalidator.authority import Authority, CertTrustAnchor, TrustAnchor
+from pyhanko_certvalidator.registry import SimpleTrustManager, TrustManager
 
 from smime_collector.rawcms import exact_certificate
 
@@ -58,19 +60,45 @@ class Anchors:
     """An immutable snapshot: the roots, their trust manager and the distrust-after dates."""
 
     roots: tuple[x509.Certificate, ...]
-    trust_manager: SimpleTrustManager
+    trust_manager: SharedTrust
     distrust_after: dict[str, datetime] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.roots)
 
 
-def _trust_manager(ders: list[bytes]) -> SimpleTrustManager:
+class SharedTrust(TrustManager):
+    """The snapshot's trust manager, shared by every message's validation context.
+
+    pyhanko copies every root of a :class:`SimpleTrustManager` into each context's certificate
+    registry, normalising each root's name on the way: with ~150 roots that costs more than
+    validating the path. Behind this wrapper the roots stay in the one manager built per
+    snapshot; a context's registry holds only what the message brought (and the path's own
+    anchor, for CRLs that anchor signs).
+    """
+
+    def __init__(self, inner: SimpleTrustManager) -> None:
+        self._inner = inner
+
+    def is_root(self, cert: asn1_x509.Certificate) -> bool:
+        return self._inner.is_root(cert)
+
+    def as_trust_anchor(self, authority: Authority) -> TrustAnchor | None:
+        return self._inner.as_trust_anchor(authority)
+
+    def find_potential_issuers(self, cert: asn1_x509.Certificate) -> Iterator[TrustAnchor]:
+        return self._inner.find_potential_issuers(cert)
+
+    def iter_certs(self) -> Iterator[asn1_x509.Certificate]:
+        return self._inner.iter_certs()
+
+
+def _trust_manager(ders: list[bytes]) -> SharedTrust:
     """RFC 5280 §6.1.1(d): an anchor is a name and a key. A version-1 root carries no
     extensions to read, and none are asked of it; the S/MIME rules check the certificates
     below it."""
     anchors = [CertTrustAnchor(exact_certificate(der)) for der in ders]
-    return SimpleTrustManager.build(trust_roots=anchors)
+    return SharedTrust(SimpleTrustManager.build(trust_roots=anchors))
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:

@@ -19,11 +19,18 @@ from asn1crypto import pem as asn1_pem
 from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from smime_collector import guardedfetch
+from smime_collector import guardedfetch, pathvalidation
 from smime_collector.config import load_settings
 from smime_collector.deadline import Deadline
 from smime_collector.guardedfetch import FetchError, FetchPolicy
-from smime_collector.revocation import FetchCache, LocalCRLs
+from smime_collector.revocation import (
+    FetchCache,
+    LocalCRLs,
+    Revocation,
+    RevocationSettings,
+    Status,
+)
+from smime_collector.trust import load_anchors
 from smime_collector.verdict import Outcome, Verdict
 from tests import pki
 from tests.conftest import write_ini
@@ -532,3 +539,27 @@ def test_local_crls_are_read_again_when_they_change(tmp_path) -> None:
     (folder / "root.crl").write_bytes(b"half-written")
     os.utime(folder / "root.crl", (3, 4))
     assert local.crls() == [newer]  # a broken file keeps the last good CRLs
+
+
+def test_a_verified_answer_is_reused_only_for_the_same_crls(tmp_path) -> None:
+    root = issue("Reuse Root", None, ca=True)
+    inter = issue("Reuse CA", root, ca=True)
+    alice = issue(ALICE, inter, ca=False)
+    bundle = tmp_path / "anchor.pem"
+    bundle.write_bytes(root.cert_pem())
+    anchors = load_anchors([bundle])
+    bag = [alice.cert, inter.cert]
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in bag]
+    at = now()
+    path = pathvalidation.validate(alice.cert, bag, anchors, at, False)
+    checker = Revocation(RevocationSettings(mode="hard", fetch=False))
+    good = [crl(root), crl(inter)]
+    first = checker.status(path, ders, good, anchors, at, False, Deadline.never())
+    again = checker.status(path, ders, good, anchors, at, False, Deadline.never())
+    assert first.status is again.status is Status.GOOD
+    revoking = [crl(root), crl(inter, [alice.cert])]
+    later = checker.status(path, ders, revoking, anchors, at, False, Deadline.never())
+    assert later.status is Status.REVOKED
+    stale = checker.status(path, ders, good, anchors, at + dt.timedelta(days=30), False,
+                           Deadline.never())  # fmt: skip
+    assert stale.status is Status.UNAVAILABLE  # past the CRLs' nextUpdate: not reused
