@@ -15,6 +15,7 @@ import pytest
 
 from smime_collector.deadline import DeadlineExceeded
 from smime_collector.dnskeys import DNSTempError
+from smime_collector.guardedfetch import FetchError
 from smime_collector.logsetup import attach
 from smime_collector.pipeline import Collector
 from smime_collector.stages import UNTRUSTED_INPUT_REASONS
@@ -44,9 +45,9 @@ class PlantedCollector(Collector):
         self._trigger(parsed.raw, "dkim")
         return super()._check_dkim(parsed, deadline)
 
-    def _choose_certificate(self, signer, bag, msg, at: datetime):
+    def _choose_certificate(self, signer, signed, msg, at: datetime, deadline):
         self._trigger(msg.raw, "chain")
-        return super()._choose_certificate(signer, bag, msg, at)
+        return super()._choose_certificate(signer, signed, msg, at, deadline)
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +105,14 @@ def test_a_dependency_failing_inside_a_stage_is_tempfail(app, mail, error) -> No
     log_file = app.extensions["smime_collector"].collector.settings.log_file
     assert logged_verdicts(log_file) == [("tempfail", "dns-error", ALICE)]  # the rest waits
     assert "Traceback" not in log_file.read_text("utf-8")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [FetchError("crl.example: timed out", transient=True), DeadlineExceeded("budget spent")],
+    ids=str,
+)
+def test_a_revocation_server_failing_in_the_chain_stage_is_tempfail(app, mail, error) -> None:
+    PlantedCollector.planted = {"chain": error}
+    verdict = app.extensions["smime_collector"].collector.read_smime_email(planted(mail, "chain"))
+    assert (verdict.outcome, verdict.reason) == (Outcome.TEMPFAIL, "revocation-unavailable")
