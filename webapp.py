@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from smime_collector import logsetup, metrics, ops
 from smime_collector.config import Settings, load_settings
-from smime_collector.intake import sparkpost
+from smime_collector.intake import mailgun, postmark, raw, sendgrid, ses, sparkpost
 from smime_collector.intake.common import STATE_KEY, AppState
 from smime_collector.pipeline import Collector
 
@@ -29,6 +29,10 @@ log = logging.getLogger("smime_collector.webapp")
 
 #: Re-exported for the seed's callers and the tests.
 TOKEN_HEADER = sparkpost.TOKEN_HEADER
+#: The doors besides SparkPost's; each exists only when its secret is configured (else 404).
+OPTIONAL_DOORS = (mailgun, postmark, sendgrid, ses, raw)
+#: Every route mail comes in by, for request metrics.
+INTAKE_PATHS = frozenset({"/", *(door.PATH for door in OPTIONAL_DOORS)})
 
 
 def create_app(settings: Settings | None = None, collector: Collector | None = None) -> Flask:
@@ -47,6 +51,9 @@ def create_app(settings: Settings | None = None, collector: Collector | None = N
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions[STATE_KEY] = AppState(settings, collector)
     app.register_blueprint(sparkpost.blueprint)
+    for door in OPTIONAL_DOORS:
+        if door.enabled(settings):
+            door.install(app, settings)
     app.register_blueprint(ops.blueprint)
     app.wsgi_app = RequestScope(app.wsgi_app, sink)  # type: ignore[method-assign]
 
@@ -55,9 +62,9 @@ def create_app(settings: Settings | None = None, collector: Collector | None = N
         g.started = time.perf_counter()
 
     @app.after_request
-    def count_relay_request(response: Response) -> Response:
-        """Every answer to the relay counts, error handlers' (413, 503) included."""
-        if request.path == "/" and request.method == "POST":
+    def count_intake_request(response: Response) -> Response:
+        """Every answer to a door counts, error handlers' (413, 503) included."""
+        if request.path in INTAKE_PATHS and request.method == "POST":
             metrics.REQUEST_SECONDS.observe(time.perf_counter() - g.get("started", 0.0))
             metrics.REQUESTS.labels(str(response.status_code)).inc()
         return response

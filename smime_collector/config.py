@@ -18,6 +18,7 @@ import configparser
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,14 @@ def path(name: str, raw: str, ctx: Context) -> Path:
 
 def optional_path(name: str, raw: str, ctx: Context) -> Path | None:
     return path(name, raw, ctx) if raw.strip() else None
+
+
+def optional_file(name: str, raw: str, ctx: Context) -> Path | None:
+    """A file that must exist when named: a missing TLS key is a start-up error, not a 500."""
+    found = optional_path(name, raw, ctx)
+    if found is not None and not found.is_file():
+        raise ConfigError(f"{ctx.source}: {name}: {found} is not a readable file")
+    return found
 
 
 def log_target(name: str, raw: str, ctx: Context) -> Path | None:
@@ -174,6 +183,39 @@ def nameservers(name: str, raw: str, ctx: Context) -> tuple[tuple[str, int], ...
     return tuple(servers)
 
 
+def credentials(name: str, raw: str, ctx: Context) -> str:
+    """HTTP Basic credentials as ``user:password`` (empty: the door is off)."""
+    value = raw.strip()
+    user, colon, _password = value.partition(":")
+    if value and (not colon or not user):
+        raise ConfigError(f"{ctx.source}: {name} must look like user:password")
+    return value
+
+
+def pattern(name: str, raw: str, ctx: Context) -> re.Pattern[str]:
+    try:
+        return re.compile(raw.strip())
+    except re.error as exc:
+        raise ConfigError(f"{ctx.source}: {name} is not a regular expression: {exc}") from None
+
+
+def listen_address(name: str, raw: str, ctx: Context) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` to listen on."""
+    text_value = raw.strip()
+    if text_value.startswith("["):
+        host, _, rest = text_value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text_value.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{ctx.source}: {name} must look like host:port, not {text_value!r}")
+    return host, int(port_text)
+
+
+def lowered_items(_name: str, raw: str, _ctx: Context) -> tuple[str, ...]:
+    return tuple(item.lower() for item in _items(raw))
+
+
 def _items(raw: str) -> list[str]:
     return [item for item in (part.strip() for part in raw.split(",")) if item]
 
@@ -227,6 +269,24 @@ class Settings:
     revocation_allow_private: bool = key("revocation-allow-private", "no", boolean)
     revocation_timeout: float = key("revocation-timeout", "5", positive(float))
     revocation_max_bytes: int = key("revocation-max-bytes", str(20 * 1024 * 1024), positive(int))
+    # -- the other doors (smime_collector/intake/); each HTTP door exists only when configured
+    mailgun_signing_key: str = key("mailgun-signing-key", "", text, secret=True)
+    postmark_basic_auth: str = key("postmark-basic-auth", "", credentials, secret=True)
+    sendgrid_basic_auth: str = key("sendgrid-basic-auth", "", credentials, secret=True)
+    ses_topic_arns: tuple[str, ...] = key("ses-topic-arns", "", items)
+    ses_signing_cert_url_pattern: re.Pattern[str] = key(
+        "ses-signing-cert-url-pattern",
+        r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/.+\.pem$",
+        pattern,
+    )
+    ses_ca_bundle: Path | None = key("ses-ca-bundle", "", optional_file)
+    raw_token: str = key("raw-token", "", text, secret=True)
+    smtp_listen: tuple[str, int] = key("smtp-listen", "127.0.0.1:2525", listen_address)
+    smtp_protocol: str = key("smtp-protocol", "smtp", choice("smtp", "lmtp"))
+    smtp_max_bytes: int = key("smtp-max-bytes", str(25 * 1024 * 1024), positive(int))
+    smtp_recipients: tuple[str, ...] = key("smtp-recipients", "", lowered_items)
+    smtp_tls_cert: Path | None = key("smtp-tls-cert", "", optional_file)
+    smtp_tls_key: Path | None = key("smtp-tls-key", "", optional_file)
     #: Where the values came from, for messages: the INI file's path or "(defaults)".
     source: str = field(default="(defaults)", compare=False)
 
@@ -251,6 +311,13 @@ class Settings:
         for attr, spec in _fields().items():
             raw = _value(spec, given, ctx)
             kwargs[attr] = spec.read(spec.name, raw, ctx)
+        if (kwargs["smtp_tls_cert"] is None) != (kwargs["smtp_tls_key"] is None):
+            given, missing = (
+                ("smtp-tls-cert", "smtp-tls-key")
+                if kwargs["smtp_tls_cert"]
+                else ("smtp-tls-key", "smtp-tls-cert")
+            )
+            raise ConfigError(f"{source}: {given} is set but {missing} is not: STARTTLS needs both")
         return cls(**kwargs)
 
     def risks(self) -> list[tuple[str, str]]:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from flask import Response, current_app, jsonify, request
 
 from smime_collector.config import Settings
+from smime_collector.deadline import Deadline, request_budget
+from smime_collector.delivery import Delivery, Envelope
 from smime_collector.pipeline import Collector
+from smime_collector.verdict import Verdict
 
 STATE_KEY = "smime_collector"
+#: The realm HTTP Basic doors name in their challenge.
+BASIC_REALM = "smime-collector"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,3 +53,48 @@ def bearer_denied() -> tuple[Response, int]:
     response = jsonify(message="Invalid or missing Authorization: Bearer token")
     response.headers["WWW-Authenticate"] = "Bearer"
     return response, 401
+
+
+def basic_ok(expected: str) -> bool:
+    """HTTP Basic credentials equal to ``expected`` (``user:password``), in constant time.
+
+    Compared as the decoded bytes, so no user or password character is reinterpreted.
+    """
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not expected:
+        return False
+    try:
+        sent = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return hmac.compare_digest(sent, expected.encode("utf-8"))
+
+
+def basic_denied() -> tuple[Response, int]:
+    """401 with the Basic challenge (the provider puts the credentials in the webhook URL)."""
+    response = jsonify(message="Invalid or missing HTTP Basic credentials")
+    response.headers["WWW-Authenticate"] = f'Basic realm="{BASIC_REALM}", charset="UTF-8"'
+    return response, 401
+
+
+def log_request() -> None:
+    """The first line of every intake request, as the relay's."""
+    log.info("Request from %s,scheme=%s,path=%s", request.remote_addr, request.scheme, request.path)
+
+
+def request_deadline() -> Deadline:
+    """One budget per request, so that it is answered before gunicorn's worker timeout."""
+    return Deadline.after(request_budget())
+
+
+def judge(raw: bytes, intake: str, envelope: Envelope, deadline: Deadline) -> Verdict:
+    """The pipeline's verdict on one message that came in through an HTTP door."""
+    log.info(
+        "| msg_from=%s,rcpt_to=%s,provider_id=%s,bytes=%d",
+        envelope.sender,
+        ",".join(envelope.recipients),
+        envelope.provider_id,
+        len(raw),
+    )
+    delivery = Delivery(raw, intake, datetime.now(UTC), envelope)
+    return state().collector.judge(delivery, deadline)

@@ -1,0 +1,89 @@
+"""HTML form bodies read as bytes: the two encodings Mailgun and SendGrid post in.
+
+Flask's ``request.form`` decodes every field as UTF-8 and replaces what does not decode, which
+would change the bytes of an 8-bit message before DKIM and the S/MIME signature see it. Here
+each field's value stays exactly the bytes that were sent: multipart parts through werkzeug's
+own byte-level decoder, URL-encoded pairs through :func:`urllib.parse.parse_qsl` on bytes.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+
+#: Fields (or parts) one form may hold; providers send a few dozen at most.
+MAX_FORM_FIELDS = 1000
+
+MULTIPART = "multipart/form-data"
+URLENCODED = "application/x-www-form-urlencoded"
+
+
+class BadForm(Exception):
+    """The body is not the form the door expects; the message says what is wrong."""
+
+
+def read_form(encodings: tuple[str, ...] = (MULTIPART, URLENCODED)) -> dict[str, bytes]:
+    """The request's form fields as bytes; the first of repeated names wins."""
+    mimetype = request.mimetype
+    if mimetype not in encodings:
+        raise BadForm(f"Content-Type must be {' or '.join(encodings)}, not {mimetype or 'none'}")
+    body = request.get_data(cache=False)
+    if mimetype == URLENCODED:
+        return _urlencoded(body)
+    boundary = request.mimetype_params.get("boundary", "")
+    if not boundary:
+        raise BadForm("Content-Type multipart/form-data needs a boundary parameter")
+    return multipart_fields(body, boundary.encode("latin-1"))
+
+
+def _urlencoded(body: bytes) -> dict[str, bytes]:
+    try:
+        pairs = urllib.parse.parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError:
+        raise BadForm(f"the form has more than {MAX_FORM_FIELDS} fields") from None
+    fields: dict[str, bytes] = {}
+    for name, value in pairs:
+        fields.setdefault(name.decode("utf-8", "replace"), value)
+    return fields
+
+
+def multipart_fields(body: bytes, boundary: bytes) -> dict[str, bytes]:
+    """Every part of a ``multipart/form-data`` body, by name, as the exact bytes sent."""
+    decoder = MultipartDecoder(boundary, max_parts=MAX_FORM_FIELDS)
+    decoder.receive_data(body)
+    decoder.receive_data(None)
+    fields: dict[str, bytes] = {}
+    name: str | None = None
+    chunks: list[bytes] = []
+    try:
+        while True:
+            event = decoder.next_event()
+            if isinstance(event, (Field, File)):
+                name, chunks = event.name, []
+            elif isinstance(event, Data):
+                chunks.append(event.data)
+                if not event.more_data and name is not None:
+                    fields.setdefault(name, b"".join(chunks))
+            elif isinstance(event, (Epilogue, NeedData)):
+                return fields
+    except RequestEntityTooLarge:
+        raise BadForm(f"the form has more than {MAX_FORM_FIELDS} parts") from None
+    except ValueError as exc:
+        raise BadForm(f"the body is not valid multipart/form-data: {exc}") from None
+
+
+def text_field(fields: dict[str, bytes], name: str) -> str | None:
+    """A short text field (token, timestamp, JSON), or ``None`` when absent.
+
+    Raises :class:`BadForm` naming the field when it is not UTF-8.
+    """
+    value = fields.get(name)
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadForm(f"{name} is not valid UTF-8") from None

@@ -1,0 +1,90 @@
+"""SendGrid Inbound Parse (``POST /sendgrid``) with "POST the raw, full MIME message" on.
+
+SendGrid then posts ``multipart/form-data`` whose field ``email`` is the whole message as it
+arrived, beside its own parsed fields (``envelope``, ``from``, ``to``, ``charsets`` ...), which
+are used for the log only. SendGrid does not sign the post: the Inbound Parse URL carries HTTP
+Basic credentials (``https://user:password@host/sendgrid``), checked against
+``sendgrid-basic-auth``.
+
+SendGrid retries an answer of 5xx for up to three days; any 2xx ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Blueprint, Flask, Response, jsonify
+
+from smime_collector.config import Settings
+from smime_collector.delivery import Envelope
+from smime_collector.intake.common import (
+    basic_denied,
+    basic_ok,
+    judge,
+    log_request,
+    request_deadline,
+    state,
+)
+from smime_collector.intake.forms import MULTIPART, BadForm, read_form
+from smime_collector.verdict import Outcome, Verdict
+
+INTAKE = "sendgrid"
+PATH = "/sendgrid"
+RAW_MISSING = (
+    'email is missing: turn on "POST the raw, full MIME message" in SendGrid\'s Inbound Parse '
+    "settings"
+)
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint(INTAKE, __name__)
+
+
+def enabled(settings: Settings) -> bool:
+    return bool(settings.sendgrid_basic_auth)
+
+
+def install(app: Flask, settings: Settings) -> None:
+    app.register_blueprint(blueprint)
+
+
+def answer(verdict: Verdict) -> tuple[Response, int]:
+    """The one place a verdict becomes SendGrid's answer: 503 makes SendGrid retry."""
+    if verdict.outcome is Outcome.TEMPFAIL:
+        return jsonify(message="Temporary failure; please retry"), 503
+    return jsonify(message="OK"), 200
+
+
+@blueprint.post(PATH)
+def sendgrid() -> tuple[Response, int]:
+    log_request()
+    if not basic_ok(state().settings.sendgrid_basic_auth):
+        log.warning("| refused: invalid HTTP Basic credentials")
+        return basic_denied()
+    deadline = request_deadline()
+    try:
+        form = read_form((MULTIPART,))
+    except BadForm as exc:
+        log.info("| bad request: %s", exc)
+        return jsonify(message=str(exc)), 400
+    raw = form.get("email")
+    if raw is None:
+        log.info("| bad request: %s", RAW_MISSING)
+        return jsonify(message=RAW_MISSING), 400
+    envelope = _envelope(form.get("envelope"))
+    del form  # the message is held once from here on
+    return answer(judge(raw, INTAKE, envelope, deadline))
+
+
+def _envelope(value: bytes | None) -> Envelope:
+    """SendGrid's ``envelope`` JSON (``{"to": [...], "from": "..."}``), for the log only."""
+    try:
+        parsed = json.loads(value or b"{}")
+    except ValueError:
+        return Envelope()
+    if not isinstance(parsed, dict):
+        return Envelope()
+    sender = parsed.get("from")
+    to = parsed.get("to")
+    recipients = tuple(r for r in to if isinstance(r, str)) if isinstance(to, list) else ()
+    return Envelope(sender if isinstance(sender, str) else None, recipients)

@@ -1,0 +1,173 @@
+"""Amazon SES receipt rules through an SNS HTTPS subscription (``POST /ses``).
+
+An SES receipt rule with an SNS action publishes each message to a topic; the topic posts it
+here. The SNS envelope is checked first (:mod:`smime_collector.intake.sns`: signature, signing
+certificate from an allowed URL), then its topic against ``ses-topic-arns``. Inside is the SES
+notification, whose ``content`` is the raw message: base64 when the action's encoding is Base64,
+which this door requires (UTF-8 encoding would change every 8-bit byte that is not UTF-8).
+
+SNS delivers at least once and retries a 5xx (by default three times, 20 s apart), so a
+notification's ``MessageId`` that already got a final answer gets it again without being judged.
+A ``SubscriptionConfirmation`` is confirmed by fetching its ``SubscribeURL`` (only on a host the
+certificate URL pattern allows). Messages over SNS's 150 KB limit need the S3 action, which this
+door does not cover.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from smime_collector.config import Settings
+from smime_collector.deadline import Deadline
+from smime_collector.delivery import Envelope
+from smime_collector.intake import answers, sns
+from smime_collector.intake.common import judge, log_request, request_deadline, state
+from smime_collector.intake.jsonbody import BadJSON, json_object, string_field
+from smime_collector.verdict import Outcome, Verdict
+
+INTAKE = "ses"
+PATH = "/ses"
+FETCHER_KEY = "smime_collector.ses.fetcher"
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint(INTAKE, __name__)
+
+
+def enabled(settings: Settings) -> bool:
+    return bool(settings.ses_topic_arns)
+
+
+def install(app: Flask, settings: Settings) -> None:
+    answers.install(app, settings)
+    app.extensions[FETCHER_KEY] = sns.Fetcher(
+        settings.ses_signing_cert_url_pattern, settings.ses_ca_bundle
+    )
+    app.register_blueprint(blueprint)
+
+
+def answer(verdict: Verdict) -> tuple[Response, int]:
+    """The one place a verdict becomes SNS's answer: 503 makes SNS retry the notification."""
+    if verdict.outcome is Outcome.TEMPFAIL:
+        return jsonify(message="Temporary failure; please retry"), 503
+    return jsonify(message="OK"), 200
+
+
+def refused(why: str) -> tuple[Response, int]:
+    """403: not from SNS, or not a topic of ours. SNS does not retry a 4xx."""
+    log.warning("| refused: %s", why)
+    return jsonify(message=why), 403
+
+
+@blueprint.post(PATH)
+def ses() -> tuple[Response, int]:
+    log_request()
+    deadline = request_deadline()
+    fetcher: sns.Fetcher = current_app.extensions[FETCHER_KEY]
+    try:
+        message = sns.fields(json_object(request.get_data(cache=False), "an SNS message"))
+    except BadJSON as exc:
+        log.info("| bad request: %s", exc)
+        return jsonify(message=str(exc)), 400
+    try:
+        sns.verify(message, fetcher, deadline)
+    except sns.Forged as exc:
+        return refused(str(exc))
+    except sns.Unavailable as exc:
+        log.warning("| cannot check the SNS signature now: %s", exc)
+        return jsonify(message="Temporary failure; please retry"), 503
+    topic = message["TopicArn"]
+    if topic not in state().settings.ses_topic_arns:
+        return refused(f"topic {topic[:200]!r} is not in ses-topic-arns")
+    log.info("| SNS %s %s from %s", message["Type"], message["MessageId"], topic)
+    if message["Type"] == "SubscriptionConfirmation":
+        return confirm(message["SubscribeURL"], fetcher, deadline)
+    if message["Type"] == "UnsubscribeConfirmation":
+        log.warning("| the subscription to %s was removed; not confirming it again", topic)
+        return jsonify(message="OK"), 200
+    return notification(message, deadline)
+
+
+def confirm(url: str, fetcher: sns.Fetcher, deadline: Deadline) -> tuple[Response, int]:
+    if not fetcher.host_ok(url):
+        return refused(
+            f"SubscribeURL {url[:200]!r} is not on a host ses-signing-cert-url-pattern allows"
+        )
+    try:
+        fetcher.get(url, deadline, sns.MAX_CONFIRMATION_BYTES)
+    except sns.Unavailable as exc:
+        log.warning("| subscription not confirmed: %s", exc)
+        return jsonify(message="Temporary failure; please retry"), 503
+    log.info("| subscription confirmed")
+    return jsonify(message="Subscription confirmed"), 200
+
+
+def notification(message: dict[str, str], deadline: Deadline) -> tuple[Response, int]:
+    memory = answers.current()
+    remembered = memory.recall(INTAKE, message["MessageId"])
+    if remembered is not None:
+        log.info(
+            "| MessageId already answered (%s, %s): the same answer, not judged again",
+            remembered.outcome.value,
+            remembered.reason,
+        )
+        return answer(remembered)
+    try:
+        raw, envelope = ses_content(message["Message"])
+    except BadJSON as exc:
+        log.info("| bad request: %s", exc)
+        return jsonify(message=str(exc)), 400
+    verdict = judge(raw, INTAKE, envelope, deadline)
+    memory.remember(INTAKE, message["MessageId"], verdict)
+    return answer(verdict)
+
+
+def ses_content(text: str) -> tuple[bytes, Envelope]:
+    """The raw message and envelope of an SES ``Received`` notification (SNS ``Message``)."""
+    notice = json_object(text.encode("utf-8"), "SES's notification", "Message")
+    kind = notice.get("notificationType")
+    if kind != "Received":
+        raise BadJSON(f"Message.notificationType must be Received, not {str(kind)[:40]!r}")
+    action = _object(_object(notice, "receipt", "Message"), "action", "Message.receipt")
+    encoding = str(action.get("encoding", "")).upper()
+    if "content" not in notice:
+        raise BadJSON(
+            "Message.content is missing: use an SNS action (the S3 action, for messages over "
+            "150 KB, is not covered)"
+        )
+    content = string_field(notice, "content", "Message")
+    if encoding != "BASE64":
+        raise BadJSON(
+            f"Message.receipt.action.encoding is {encoding or 'missing'}: set the SES receipt "
+            "rule's SNS action encoding to Base64 (UTF-8 changes 8-bit bytes)"
+        )
+    try:
+        raw = base64.b64decode("".join(content.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadJSON("Message.content is not valid base64") from None
+    return raw, _envelope(notice.get("mail"))
+
+
+def _object(obj: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = obj.get(name)
+    if not isinstance(value, dict):
+        raise BadJSON(f"{where}.{name} must be an object")
+    return value
+
+
+def _envelope(mail: Any) -> Envelope:
+    """SES's ``mail`` object, for the log only."""
+    if not isinstance(mail, dict):
+        return Envelope()
+    source, destination, message_id = (mail.get(k) for k in ("source", "destination", "messageId"))
+    if not isinstance(destination, list):
+        destination = []
+    return Envelope(
+        source if isinstance(source, str) else None,
+        tuple(d for d in destination if isinstance(d, str)),
+        message_id if isinstance(message_id, str) else None,
+    )
