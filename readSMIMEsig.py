@@ -24,6 +24,7 @@ from smime_collector.config import ConfigError, Settings, load_settings
 from smime_collector.delivery import Delivery
 from smime_collector.dnskeys import DNSTempError, KeyResolver
 from smime_collector.harvest import Source, collect
+from smime_collector.intake import pipe
 from smime_collector.pipeline import Collector
 from smime_collector.store import open_store
 from smime_collector.trust import TrustError, load_anchors
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the configuration, trust anchors, folders and DNS, then exit",
     )
+    parser.add_argument(
+        "--pipe",
+        action="store_true",
+        help="judge one message from standard input for Postfix's pipe(8), with --sender, "
+        "--recipient and --deadline SECONDS (default 300); exits 0 or 75 only",
+    )
     parser.add_argument("files", nargs="*", metavar="EMLFILE", help="files, folders, mbox, Maildir")
     return parser
 
@@ -86,6 +93,9 @@ def load(config: str | None) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--pipe" in argv:  # Postfix's door: its own arguments, and exit 0 or 75 only
+        return pipe.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.check_config:
