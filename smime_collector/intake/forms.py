@@ -3,7 +3,7 @@
 Flask's ``request.form`` decodes every field as UTF-8 and replaces what does not decode, which
 would change the bytes of an 8-bit message before DKIM and the S/MIME signature see it. Here
 each field's value stays exactly the bytes that were sent: multipart parts through werkzeug's
-own byte-level decoder, URL-encoded pairs through :func:`urllib.parse.parse_qsl` on bytes.
+own byte-level decoder, URL-encoded pairs through :func:`urllib.parse.unquote_to_bytes`.
 """
 
 from __future__ import annotations
@@ -40,13 +40,17 @@ def read_form(encodings: tuple[str, ...] = (MULTIPART, URLENCODED)) -> dict[str,
 
 
 def _urlencoded(body: bytes) -> dict[str, bytes]:
-    try:
-        pairs = urllib.parse.parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
-    except ValueError:
-        raise BadForm(f"the form has more than {MAX_FORM_FIELDS} fields") from None
+    """``name=value&...`` with ``+`` and ``%XX`` undone on bytes (``parse_qsl`` would decode
+    the escapes as UTF-8, replacing what does not decode)."""
+    if body.count(b"&") >= MAX_FORM_FIELDS:
+        raise BadForm(f"the form has more than {MAX_FORM_FIELDS} fields")
     fields: dict[str, bytes] = {}
-    for name, value in pairs:
-        fields.setdefault(name.decode("utf-8", "replace"), value)
+    for pair in body.split(b"&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition(b"=")
+        key = urllib.parse.unquote_to_bytes(name.replace(b"+", b" ")).decode("utf-8", "replace")
+        fields.setdefault(key, urllib.parse.unquote_to_bytes(value.replace(b"+", b" ")))
     return fields
 
 
