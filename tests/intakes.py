@@ -214,6 +214,7 @@ SNS_SIGNED = {
         "Type",
     ),
 }
+SNS_SIGNED["UnsubscribeConfirmation"] = SNS_SIGNED["SubscriptionConfirmation"]
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:smime-collector"
 
 
