@@ -207,7 +207,7 @@ def listen_address(name: str, raw: str, ctx: Context) -> tuple[str, int]:
         port_text = rest[1:] if rest.startswith(":") else ""
     else:
         host, _, port_text = text_value.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ConfigError(f"{ctx.source}: {name} must look like host:port, not {text_value!r}")
     return host, int(port_text)
 

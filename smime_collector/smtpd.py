@@ -64,7 +64,7 @@ async def serve(server: Server, settings: Settings, sink: logsetup.LogSink) -> i
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     with sink.context("shutdown"):
-        log.info("stopping: no new connections; judgements under way finish first")
+        log.info("stopping: judgements under way finish first")
         await server.stop()
         log.info("stopped")
     return EXIT_OK

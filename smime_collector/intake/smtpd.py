@@ -201,6 +201,10 @@ class Server:
         for session in list(self.sessions):
             if session not in self.handler.judging:
                 session.close_transport()
+        log.info(
+            "no longer listening; waiting for %d judgement(s) under way",
+            len(self.handler.judging),
+        )
         try:
             await asyncio.wait_for(self.handler.idle(), DRAIN_SECONDS)
         except TimeoutError:
