@@ -9,6 +9,8 @@ import pytest
 
 from smime_collector.config import Settings
 from tests.dnsserver import LoopbackDNS, load_zone_file
+from tests.httpsserver import HTTPSServer
+from tests.intakes import SNSSigner
 from tests.paths import SPARKY, require_shared
 
 
@@ -62,3 +64,22 @@ def write_ini(path: Path, values: dict[str, str]) -> Path:
     lines = ["[webapp]", *(f"{key} = {value}" for key, value in values.items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def https_server(tmp_path_factory) -> Iterator[HTTPSServer]:
+    """A real HTTPS server on 127.0.0.1 (``tests/httpsserver.py``) with its own test CA, for
+    the SNS signing certificate and SubscribeURL; stopped by pid."""
+    server = HTTPSServer.start(tmp_path_factory.mktemp("https"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sns_signer(https_server: HTTPSServer) -> SNSSigner:
+    """A test SNS signing key whose certificate the HTTPS server serves."""
+    signer = SNSSigner(https_server.root, f"{https_server.base}/SimpleNotificationService-t.pem")
+    (https_server.folder / "SimpleNotificationService-t.pem").write_bytes(
+        signer.identity.cert_pem()
+    )
+    return signer

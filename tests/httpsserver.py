@@ -10,9 +10,62 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import re
+import signal
 import ssl
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from tests import pki
+from tests.paths import REPO
+
+
+@dataclass
+class HTTPSServer:
+    """The running server: its port, the folder it serves, the requests it saw, its CA."""
+
+    process: subprocess.Popen
+    port: int
+    folder: Path
+    requests: Path
+    ca_file: Path
+    root: pki.Identity
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def requested(self) -> list[str]:
+        return self.requests.read_text().splitlines() if self.requests.exists() else []
+
+    @classmethod
+    def start(cls, folder: Path) -> HTTPSServer:
+        from tests.intakes import server_identity
+
+        root = pki.make_root("HTTPS Test CA")
+        ca_file = folder / "ca.pem"
+        ca_file.write_bytes(root.cert_pem())
+        cert, key = server_identity(root).write(folder, "server")
+        served = folder / "served"
+        served.mkdir()
+        requests = folder / "requests.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.httpsserver", "--cert", str(cert), "--key", str(key),
+             "--folder", str(served), "--requests", str(requests)],
+            cwd=REPO, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        line = process.stdout.readline()
+        match = re.match(r"PORT (\d+)", line)
+        if not match:
+            process.kill()
+            raise RuntimeError(f"the HTTPS server did not start: {line!r}")
+        return cls(process, int(match[1]), served, requests, ca_file, root)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=10)
 
 
 def main() -> None:

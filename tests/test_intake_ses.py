@@ -5,12 +5,6 @@ trusted through ses-ca-bundle."""
 from __future__ import annotations
 
 import json
-import re
-import signal
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -22,63 +16,25 @@ from tests.intakes import (
     bob,
     eight_bit,
     recording,
-    server_identity,
     ses_notification,
     stored_fingerprint,
     subscription_confirmation,
 )
 from tests.mailfactory import MailFactory
-from tests.paths import REPO, SPARKY
+from tests.paths import SPARKY
 from webapp import create_app
 
 SNS_CONTENT_TYPE = "text/plain; charset=UTF-8"  # what SNS sends
 
 
-@dataclass
-class HTTPSServer:
-    process: subprocess.Popen
-    port: int
-    folder: Path
-    requests: Path
-    ca_file: Path
-    root: pki.Identity
-
-    @property
-    def base(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def requested(self) -> list[str]:
-        return self.requests.read_text().splitlines() if self.requests.exists() else []
+@pytest.fixture
+def https(https_server):
+    return https_server
 
 
-@pytest.fixture(scope="module")
-def https(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sns-https")
-    root = pki.make_root("SNS Test CA")
-    ca_file = folder / "ca.pem"
-    ca_file.write_bytes(root.cert_pem())
-    cert, key = server_identity(root).write(folder, "server")
-    served = folder / "served"
-    served.mkdir()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.httpsserver", "--cert", str(cert), "--key", str(key),
-         "--folder", str(served), "--requests", str(folder / "requests.log")],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    line = process.stdout.readline()
-    match = re.match(r"PORT (\d+)", line)
-    assert match, f"the HTTPS server did not start: {line!r}"
-    server = HTTPSServer(process, int(match[1]), served, folder / "requests.log", ca_file, root)
-    yield server
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def signer(https) -> SNSSigner:
-    signer = SNSSigner(https.root, f"{https.base}/SimpleNotificationService-test.pem")
-    (https.folder / "SimpleNotificationService-test.pem").write_bytes(signer.identity.cert_pem())
-    return signer
+@pytest.fixture
+def signer(sns_signer):
+    return sns_signer
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +86,7 @@ def test_a_signed_notification_stores_the_certificate_byte_exact(
 
 
 def test_a_signature_by_another_key_is_403_and_not_judged(ses, https, cases) -> None:
-    forger = SNSSigner(pki.make_root("Forger"), f"{https.base}/SimpleNotificationService-test.pem")
+    forger = SNSSigner(pki.make_root("Forger"), f"{https.base}/SimpleNotificationService-t.pem")
     client, collector, _ = ses(cases["bob"])
     response = post(client, forger.sign(ses_notification(cases["bob"].raw)))
     assert response.status_code == 403
@@ -156,8 +112,8 @@ def test_a_certificate_url_outside_the_pattern_is_never_fetched(ses, signer, htt
     before = len(https.requested())
     for url in (
         "https://sns.eu-west-1.amazonaws.com.evil.example/cert.pem",
-        f"http://127.0.0.1:{https.port}/SimpleNotificationService-test.pem",
-        f"https://user@127.0.0.1:{https.port}/SimpleNotificationService-test.pem",
+        f"http://127.0.0.1:{https.port}/SimpleNotificationService-t.pem",
+        f"https://user@127.0.0.1:{https.port}/SimpleNotificationService-t.pem",
     ):
         message = signer.sign(ses_notification(cases["bob"].raw)) | {"SigningCertURL": url}
         response = post(client, message)
@@ -199,10 +155,10 @@ def test_without_the_ca_bundle_the_certificate_cannot_be_fetched_so_503(
 
 def test_the_signing_certificate_is_fetched_once(ses, signer, https, cases) -> None:
     client, collector, _ = ses(cases["alice"])
-    before = https.requested().count("/SimpleNotificationService-test.pem")
+    before = https.requested().count("/SimpleNotificationService-t.pem")
     for _ in range(3):
         assert post(client, signer.sign(ses_notification(cases["alice"].raw))).status_code == 200
-    assert https.requested().count("/SimpleNotificationService-test.pem") == before + 1
+    assert https.requested().count("/SimpleNotificationService-t.pem") == before + 1
     assert len(collector.deliveries) == 3
 
 
@@ -224,7 +180,7 @@ def test_utf8_encoding_is_400_asking_for_base64(ses, signer, cases) -> None:
 
 
 def test_the_signature_is_checked_before_anything_else(ses, https, cases) -> None:
-    forger = SNSSigner(pki.make_root("Forger"), f"{https.base}/SimpleNotificationService-test.pem")
+    forger = SNSSigner(pki.make_root("Forger"), f"{https.base}/SimpleNotificationService-t.pem")
     client, _, _ = ses(cases["bob"])
     message = ses_notification(cases["bob"].raw, encoding="UTF8", topic="arn:aws:sns:x:1:y")
     assert post(client, forger.sign(message)).status_code == 403
