@@ -12,8 +12,9 @@ $(BIN)/.installed: requirements.txt
 	touch $@
 
 # Debian packages the tests drive as real programs, installed when missing (CI runs as root):
-# logrotate for the log rotation test, nginx for the slow-client test (contrib/nginx).
-SYSTEM_PACKAGES := logrotate nginx-light
+# logrotate for the log rotation test, nginx for the slow-client test (contrib/nginx), swaks
+# as a real SMTP/LMTP client for the SMTP door.
+SYSTEM_PACKAGES := logrotate nginx-light swaks
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .system-deps: Makefile

@@ -12,8 +12,8 @@ ships with Python. It is bounded in age (:data:`REMEMBER_SECONDS`) and size
 
 Remembering is an optimisation, never a check: judging is idempotent (the same certificate is
 ``unchanged``, an older one ``older-than-stored``, a rejection rejects again), so a forgotten or
-unreadable entry costs one more judgement and changes no answer. Any SQLite error is logged and
-the delivery is judged as if it were new.
+unreadable entry costs one more judgement and changes no answer. Any SQLite or file error is
+logged and the delivery is judged as if it were new.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class AnswerMemory:
                     )
                     .fetchone()
                 )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             log.warning("| answer memory %s unreadable (%s): judging as new", self.path, exc)
             return None
         if row is None:
@@ -123,7 +123,7 @@ class AnswerMemory:
                         "ORDER BY at DESC LIMIT -1 OFFSET ?)",
                         (self.limit,),
                     )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             log.warning("| answer memory %s not written (%s)", self.path, exc)
 
     def _connection(self) -> sqlite3.Connection:
