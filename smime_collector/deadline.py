@@ -8,31 +8,11 @@ The clock is injectable so tests never sleep.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Clock = Callable[[], float]
-
-#: gunicorn's worker timeout when ``GUNICORN_TIMEOUT`` does not say (as in gunicorn.conf.py).
-DEFAULT_WORKER_TIMEOUT = 25.0
-#: Seconds kept back from the worker timeout for what follows the last wait: judging a message
-#: already under way (each is bounded well below this), writing the answer, logging.
-ANSWER_MARGIN_SECONDS = 5.0
-
-
-def request_budget(environ: dict[str, str] | None = None) -> float:
-    """Seconds a relay request may spend, so that it is answered before gunicorn kills the
-    worker: the worker timeout less :data:`ANSWER_MARGIN_SECONDS` (half of a short timeout)."""
-    raw = (os.environ if environ is None else environ).get("GUNICORN_TIMEOUT", "")
-    try:
-        timeout = float(raw) if raw.strip() else DEFAULT_WORKER_TIMEOUT
-    except ValueError:
-        timeout = DEFAULT_WORKER_TIMEOUT  # gunicorn.conf.py refuses it at start-up
-    if timeout <= 0:
-        timeout = DEFAULT_WORKER_TIMEOUT
-    return max(timeout - ANSWER_MARGIN_SECONDS, timeout / 2)
 
 
 class DeadlineExceeded(Exception):

@@ -96,13 +96,33 @@ def test_tempfail_exits_75_and_the_retry_stores(pipe, cases, dns, tmp_path) -> N
     assert stored_fingerprint(tmp_path / "certs", case.email) == case.fingerprint
 
 
-def test_running_past_the_deadline_exits_75(pipe, cases, dns) -> None:
-    """The DNS server never answers and each lookup may wait 30 s: the watchdog ends it."""
+def test_a_dns_server_that_never_answers_ends_within_the_deadline_with_75(pipe, cases, dns):
+    """Each lookup may wait 30 s, but the judgement's budget is the --deadline's."""
     dns.mode = "drop"
-    proc = pipe(lf(cases["bob"].raw), "--deadline", "2", case=cases["bob"], dns_timeout="30",
+    proc = pipe(lf(cases["bob"].raw), "--deadline", "3", case=cases["bob"], dns_timeout="30",
                 timeout=25)  # fmt: skip
     assert proc.returncode == 75
-    assert b"no verdict within --deadline 2 s" in proc.stderr
+    assert proc.stderr.startswith(b"readSMIMEsig.py --pipe: ")
+
+
+def test_input_that_never_ends_meets_the_watchdog_with_75(tmp_path) -> None:
+    """Whatever blocks (here the read of a message that never ends), --deadline ends it."""
+    ini = write_ini(tmp_path / "webapp.ini", {"log-file": str(tmp_path / "pipe.log"),
+                                              "user-certs-dir": str(tmp_path / "certs")})  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "readSMIMEsig.py"), "--pipe", "--config", str(ini),
+         "--deadline", "2"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=POSTFIX_ENV, cwd=tmp_path,
+    )  # fmt: skip
+    process.stdin.write(b"From: someone@example.org\n")
+    process.stdin.flush()
+    try:
+        assert process.wait(timeout=25) == 75
+    finally:
+        process.stdin.close()
+        if process.poll() is None:
+            process.kill()
+    assert b"no verdict within --deadline 2 s" in process.stderr.read()
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,18 @@ import base64
 import binascii
 import hmac
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from flask import Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from smime_collector.config import Settings
-from smime_collector.deadline import Deadline, request_budget
+from smime_collector.deadline import Deadline
 from smime_collector.delivery import Delivery, Envelope
 from smime_collector.pipeline import Collector
+from smime_collector.serving import request_budget
 from smime_collector.verdict import Verdict
 
 STATE_KEY = "smime_collector"
@@ -84,7 +87,22 @@ def log_request() -> None:
 
 def request_deadline() -> Deadline:
     """One budget per request, so that it is answered before gunicorn's worker timeout."""
-    return Deadline.after(request_budget())
+    return Deadline.after(request_budget(os.environ))
+
+
+def read_body(limit: int | None = None) -> bytes:
+    """The request body, refused with 413 when it is larger than ``limit`` (default:
+    ``max-request-bytes``).
+
+    werkzeug refuses a Content-Length over the limit before reading, but silently cuts a
+    chunked body at the limit: one more byte past it means the body was too large.
+    """
+    limit = state().settings.max_request_bytes if limit is None else limit
+    body = request.get_data(cache=False)
+    if request.content_length is None and len(body) >= limit:
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge(f"request body larger than max-request-bytes ({limit})")
+    return body
 
 
 def judge(raw: bytes, intake: str, envelope: Envelope, deadline: Deadline) -> Verdict:

@@ -14,6 +14,8 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
+from smime_collector.intake.common import read_body
+
 #: Fields (or parts) one form may hold; providers send a few dozen at most.
 MAX_FORM_FIELDS = 1000
 
@@ -30,7 +32,7 @@ def read_form(encodings: tuple[str, ...] = (MULTIPART, URLENCODED)) -> dict[str,
     mimetype = request.mimetype
     if mimetype not in encodings:
         raise BadForm(f"Content-Type must be {' or '.join(encodings)}, not {mimetype or 'none'}")
-    body = request.get_data(cache=False)
+    body = read_body()
     if mimetype == URLENCODED:
         return _urlencoded(body)
     boundary = request.mimetype_params.get("boundary", "")

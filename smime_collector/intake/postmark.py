@@ -25,6 +25,7 @@ from smime_collector.intake.common import (
     basic_ok,
     judge,
     log_request,
+    read_body,
     request_deadline,
     state,
 )
@@ -67,7 +68,7 @@ def postmark() -> tuple[Response, int]:
     if request.mimetype != "application/json":
         return jsonify(message="Content-Type must be application/json"), 400
     try:
-        inbound = json_object(request.get_data(cache=False), "Postmark's inbound JSON")
+        inbound = json_object(read_body(), "Postmark's inbound JSON")
         if "RawEmail" not in inbound:
             raise BadJSON(RAW_MISSING)
         raw = utf8_bytes(string_field(inbound, "RawEmail"), "RawEmail")

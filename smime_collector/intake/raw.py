@@ -20,6 +20,7 @@ from smime_collector.intake.common import (
     bearer_ok,
     judge,
     log_request,
+    read_body,
     request_deadline,
     state,
 )
@@ -58,7 +59,7 @@ def raw_message() -> tuple[Response, int]:
     deadline = request_deadline()
     if request.mimetype != CONTENT_TYPE:
         return jsonify(message=f"Content-Type must be {CONTENT_TYPE}"), 400
-    raw = request.get_data(cache=False)
+    raw = read_body()
     if not raw:
         return jsonify(message="request body is empty: it must be the message itself"), 400
     return answer(judge(raw, INTAKE, Envelope(), deadline))

@@ -20,13 +20,19 @@ import binascii
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from smime_collector.config import Settings
 from smime_collector.deadline import Deadline
 from smime_collector.delivery import Envelope
 from smime_collector.intake import answers, sns
-from smime_collector.intake.common import judge, log_request, request_deadline, state
+from smime_collector.intake.common import (
+    judge,
+    log_request,
+    read_body,
+    request_deadline,
+    state,
+)
 from smime_collector.intake.jsonbody import BadJSON, json_object, string_field
 from smime_collector.verdict import Outcome, Verdict
 
@@ -69,7 +75,7 @@ def ses() -> tuple[Response, int]:
     deadline = request_deadline()
     fetcher: sns.Fetcher = current_app.extensions[FETCHER_KEY]
     try:
-        message = sns.fields(json_object(request.get_data(cache=False), "an SNS message"))
+        message = sns.fields(json_object(read_body(), "an SNS message"))
     except BadJSON as exc:
         log.info("| bad request: %s", exc)
         return jsonify(message=str(exc)), 400

@@ -18,11 +18,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from smime_collector.deadline import Deadline
 from smime_collector.delivery import Delivery, Envelope
-from smime_collector.intake.common import state, token_ok
+from smime_collector.intake.common import read_body, state, token_ok
 from smime_collector.serving import request_budget
 from smime_collector.verdict import Outcome, Verdict
 
@@ -100,19 +99,6 @@ def answer(verdicts: list[Verdict], count: int) -> tuple[Response, int]:
     if len(verdicts) < count or any(v.outcome is Outcome.TEMPFAIL for v in verdicts):
         return jsonify(message="Temporary failure; please retry", count=count), 503
     return jsonify(message="OK", count=count), 200
-
-
-def read_body(limit: int) -> bytes:
-    """The request body, refused with 413 when it is larger than ``limit``.
-
-    werkzeug refuses a Content-Length over the limit before reading, but silently cuts a
-    chunked body at the limit: one more byte past it means the body was too large.
-    """
-    body = request.get_data(cache=False)
-    if request.content_length is None and len(body) >= limit:
-        if request.environ["wsgi.input"].read(1):
-            raise RequestEntityTooLarge(f"request body larger than max-request-bytes ({limit})")
-    return body
 
 
 def parse_batch(body: bytes) -> list[tuple[Envelope, bytes]]:
