@@ -152,6 +152,7 @@ class Server:
         self.settings = settings
         self.handler = CollectorHandler(collector, settings)
         self.tls = tls_context(settings)
+        self.hostname = socket.getfqdn()  # once: it may cost a DNS lookup
         self.sessions: set[SMTP] = set()
         self._server: asyncio.AbstractServer | None = None
         self._no_sessions = asyncio.Event()
@@ -164,7 +165,7 @@ class Server:
             data_size_limit=self.settings.smtp_max_bytes,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=socket.getfqdn(),
+            hostname=self.hostname,
             tls_context=self.tls,
             timeout=SESSION_TIMEOUT_SECONDS,
         )
