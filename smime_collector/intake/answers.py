@@ -134,6 +134,8 @@ class AnswerMemory:
                 self.path, timeout=LOCK_WAIT_SECONDS, isolation_level=None, check_same_thread=False
             )
             db.execute("PRAGMA journal_mode=WAL")
+            # No fsync per answer: losing the last few to a power cut costs a judgement each.
+            db.execute("PRAGMA synchronous=NORMAL")
             for statement in _SCHEMA:
                 db.execute(statement)
             db.isolation_level = "DEFERRED"
