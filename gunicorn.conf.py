@@ -1,68 +1,7 @@
-"""gunicorn settings for smime-collector (``gunicorn -c gunicorn.conf.py webapp:app``).
+"""gunicorn settings for running from a checkout: ``gunicorn -c gunicorn.conf.py webapp:app``.
 
-The seed's options, read from the environment so one file serves every deployment:
-``BIND`` (default 127.0.0.1:8855), ``WEB_CONCURRENCY`` workers (default 2), ``TLS_CERT`` and
-``TLS_KEY`` for HTTPS, ``ACCESS_LOG`` (default gunicorn-access.log, ``-`` for stdout),
-``GUNICORN_TIMEOUT``. Both the environment and the configuration are validated here, in the
-master, so a bad setting stops start-up with one line instead of workers failing one after
-another.
+The settings live in the package (``smime_collector/gunicorn_conf.py``) so an installed service
+has them too; ``smime-collector serve`` and ``make run`` use that module directly.
 """
 
-import os
-import shutil
-import sys
-import tempfile
-
-# Metrics from every worker are summed through files in this folder (prometheus_client's
-# multiprocess mode). It must be set before any worker imports prometheus_client, and be empty
-# at start, so each master gets a fresh one unless the operator names one.
-_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smime-collector-metrics-")
-
-from smime_collector.config import ConfigError, load_settings  # noqa: E402
-from smime_collector.serving import server_options  # noqa: E402
-from smime_collector.store import open_store  # noqa: E402
-from smime_collector.trust import TrustError, load_anchors  # noqa: E402
-
-
-def _stop(message: str) -> None:
-    print(f"smime-collector: configuration error: {message}", file=sys.stderr)
-    if _own_metrics_dir:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    sys.exit(2)
-
-
-try:
-    _options = server_options(os.environ)
-    _settings = load_settings()
-    load_anchors(list(_settings.trusted_certs))
-    _store = open_store(_settings).health()
-    if not _store.ok:
-        _stop(_store.detail)
-except (ConfigError, TrustError, OSError) as exc:
-    _stop(str(exc))
-
-bind = _options.bind
-workers = _options.workers
-worker_class = _options.worker_class
-threads = _options.threads
-timeout = _options.timeout
-graceful_timeout = 20
-keepalive = 5
-accesslog = _options.accesslog
-errorlog = _options.errorlog
-certfile = _options.certfile
-keyfile = _options.keyfile
-limit_request_line = 8190
-
-
-def child_exit(server, worker):
-    from smime_collector.metrics import worker_exited
-
-    worker_exited(worker.pid)
-
-
-def on_exit(server):
-    if _own_metrics_dir:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+from smime_collector.gunicorn_conf import *  # noqa: F403

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import REPO
 from bench.corpus import Corpus, extra_roots, write_bundle
+from smime_collector import resources
 from smime_collector.config import Settings, load_settings
 from smime_collector.logsetup import attach
 from smime_collector.pipeline import Collector
@@ -25,7 +25,7 @@ from smime_collector.store import FolderStore
 from tests.dnsserver import LoopbackDNS
 
 TOKEN = "bench token"
-SHIPPED_BUNDLE = REPO / "smime-ca-bundle.pem"
+SHIPPED_BUNDLE = resources.SHIPPED_BUNDLE
 
 
 @dataclass

@@ -1,3 +1,3 @@
 """smime-collector: collect S/MIME certificates from one signed email."""
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"

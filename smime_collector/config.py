@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+from smime_collector import resources
+
 SECTION = "webapp"
 DEFAULT_INI = "webapp.ini"
 ENV_PREFIX = "SMIME_COLLECTOR_"
@@ -107,6 +108,18 @@ def paths(name: str, raw: str, ctx: Context) -> tuple[Path, ...]:
 
 def nonempty_paths(name: str, raw: str, ctx: Context) -> tuple[Path, ...]:
     found = paths(name, raw, ctx)
+    if not found:
+        raise ConfigError(f"{ctx.source}: {name} must name at least one file")
+    return found
+
+
+def bundles(name: str, raw: str, ctx: Context) -> tuple[Path, ...]:
+    """Trust bundles: files, where the word ``shipped`` stands for the bundle inside the
+    package, so an installed service and a checkout name it the same way."""
+    found = tuple(
+        resources.SHIPPED_BUNDLE if item == resources.SHIPPED_BUNDLE_NAME else _resolve(item, ctx)
+        for item in _items(raw)
+    )
     if not found:
         raise ConfigError(f"{ctx.source}: {name} must name at least one file")
     return found
@@ -246,9 +259,7 @@ class Settings:
 
     webhook_token: str = key("x-messagesystems-webhook-token", "", text, secret=True)
     user_certs_dir: Path = key("user-certs-dir", "certs", path)
-    trusted_certs: tuple[Path, ...] = key(
-        "trusted-certs", str(REPO_DIR / "smime-ca-bundle.pem"), nonempty_paths
-    )
+    trusted_certs: tuple[Path, ...] = key("trusted-certs", resources.SHIPPED_BUNDLE_NAME, bundles)
     log_file: Path | None = key("log-file", "webapp.log", log_target)
     log_level: str = key(
         "log-level", "INFO", choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True)

@@ -1,9 +1,10 @@
-"""``python -m smime_collector.serve``: check the settings, then become gunicorn.
+"""``smime-collector serve`` (and ``python -m smime_collector.serve``): check, then become gunicorn.
 
 gunicorn reads some of its environment (``WEB_CONCURRENCY``) while importing itself, and
 answers a bad value with a traceback. Checking everything first, then ``exec``-ing gunicorn with
-``gunicorn.conf.py``, gives one clear line instead, and keeps the process id, so systemd and
-the tests stop the real server by pid.
+the package's settings module, gives one clear line instead, and keeps the process id, so
+systemd and the tests stop the real server by pid. Nothing here depends on a checkout: the
+settings module and the app are imported from the installed package.
 """
 
 from __future__ import annotations
@@ -11,11 +12,22 @@ from __future__ import annotations
 import os
 import sys
 
-from smime_collector.config import REPO_DIR, ConfigError
+from smime_collector.config import ConfigError
+from smime_collector.resources import GUNICORN_CONF_MODULE, WSGI_APP
 from smime_collector.serving import server_options
 
-GUNICORN_CONF = REPO_DIR / "gunicorn.conf.py"
-APP = "webapp:app"
+
+def gunicorn_command(extra: list[str] | None = None) -> list[str]:
+    """The gunicorn command line ``serve`` runs; ``extra`` arguments go to gunicorn."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        f"python:{GUNICORN_CONF_MODULE}",
+        *(extra or []),
+        WSGI_APP,
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"smime-collector: configuration error: {exc}", file=sys.stderr)
         return 2
-    args = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), *(argv or []), APP]
-    os.chdir(REPO_DIR)  # gunicorn imports ``webapp`` from here
-    os.execv(sys.executable, args)
+    args = gunicorn_command(argv)
+    os.execv(args[0], args)
     return 0  # pragma: no cover - execv does not return
 
 

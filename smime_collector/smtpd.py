@@ -1,4 +1,5 @@
-"""``python -m smime_collector.smtpd [--config FILE]``: the SMTP or LMTP door as a service.
+"""``smime-collector smtpd [--config FILE]`` (``python -m smime_collector.smtpd``): the SMTP
+or LMTP door as a service.
 
 Reads the same configuration as the web service (``--config``, else ``$WEBAPP_INI``, else
 ``./webapp.ini``), logs to its ``log-file`` as ``smtpd``, listens on ``smtp-listen`` and serves
@@ -36,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         "--config", metavar="FILE", help="INI file (default: $WEBAPP_INI or ./webapp.ini)"
     )
     args = parser.parse_args(argv)
+    return run(args.config)
+
+
+def run(config: str | None) -> int:
+    """Serve with the configuration ``config`` names until SIGTERM; the exit code."""
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(config)
         sink = logsetup.attach("smtpd", settings.log_file, settings.log_level, settings.log_format)
         collector = Collector.build(settings, sink)
         server = Server(collector, settings)

@@ -30,10 +30,11 @@ from smime_collector.certdata import (
     parse_certdata,
     write_bundle,
 )
+from smime_collector.resources import SHIPPED_BUNDLE, SHIPPED_DISTRUST
 from tests.paths import CERTDATA, REPO
 
-PEM = REPO / "smime-ca-bundle.pem"
-SIDECAR = REPO / "smime-ca-bundle.distrust.json"
+PEM = SHIPPED_BUNDLE
+SIDECAR = SHIPPED_DISTRUST
 TOOL = REPO / "tools" / "certdata2pem.py"
 DELEGATOR = "CKT_NSS_TRUSTED_DELEGATOR"
 

@@ -6,11 +6,11 @@ Every HTTP test talks to ``gunicorn -c gunicorn.conf.py webapp:app`` over a sock
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import shutil
 import time
-import tomllib
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
 from prometheus_client.parser import text_string_to_metric_families
 
+from smime_collector.resources import SHIPPED_BUNDLE
 from tests import pki
 from tests.conftest import write_ini
 from tests.corpus import sparky_rows
 from tests.helpers import TOKEN_HEADER, relay_event, run_cli, sha256_of_pem, visible_files
-from tests.paths import REPO
 from tests.servers import Gunicorn, start_gunicorn
 
 pytestmark = pytest.mark.slow
@@ -144,8 +144,8 @@ def test_healthz_reports_anchors_folder_and_version(start_service, tmp_path) -> 
     server = start_service()
     answer = call(server, "/healthz")
     assert answer.status == 200
-    anchors = len(read_bundle(REPO / "smime-ca-bundle.pem"))
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    anchors = len(read_bundle(SHIPPED_BUNDLE))
+    version = importlib.metadata.version("smime-collector")  # what pip installed
     assert answer.json() == {
         "status": "ok",
         "version": version,
@@ -159,8 +159,8 @@ def test_healthz_reports_anchors_folder_and_version(start_service, tmp_path) -> 
 def test_healthz_counts_every_configured_bundle(start_service, tmp_path) -> None:
     extra = tmp_path / "private-ca.pem"
     extra.write_bytes(pki.make_root("Private CA one").cert_pem() + pki.make_root("two").cert_pem())
-    server = start_service(trusted_certs=f"{REPO / 'smime-ca-bundle.pem'}, private-ca.pem")
-    expected = len(read_bundle(REPO / "smime-ca-bundle.pem")) + 2
+    server = start_service(trusted_certs=f"{SHIPPED_BUNDLE}, private-ca.pem")
+    expected = len(read_bundle(SHIPPED_BUNDLE)) + 2
     assert call(server, "/healthz").json()["trust_anchors"] == expected
 
 
@@ -644,7 +644,7 @@ def test_check_config_all_good(tmp_path, config_values, dns) -> None:
     assert code == 0, out
     assert list(results) == KEYS
     assert all(state == "ok" for state, _ in results.values()), out
-    anchors = len(read_bundle(REPO / "smime-ca-bundle.pem"))
+    anchors = len(read_bundle(SHIPPED_BUNDLE))
     assert results["trusted-certs"][1] == f"{anchors} trust anchors loaded"
     assert dns.nameserver in results["dns-nameservers"][1]
     assert dns.queries > before  # it really asked the configured server

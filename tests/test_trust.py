@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import smime_collector
 from smime_collector.config import DEFAULTS, Settings
+from smime_collector.resources import SHIPPED_BUNDLE
 from smime_collector.trust import TrustAnchors, fingerprint, sidecar_path
 from tests import pki
 from webapp import create_app
@@ -56,9 +58,16 @@ def _bundle(
 
 
 def test_default_trust_is_the_shipped_email_bundle() -> None:
-    assert Path(DEFAULTS["trusted-certs"]).name == "smime-ca-bundle.pem"
-    assert Path(DEFAULTS["trusted-certs"]).is_file()
-    assert Settings.from_mapping({}).trusted_certs == (Path(DEFAULTS["trusted-certs"]),)
+    assert DEFAULTS["trusted-certs"] == "shipped"
+    (bundle,) = Settings.from_mapping({}).trusted_certs
+    assert bundle.name == "smime-ca-bundle.pem"
+    assert bundle.is_file()
+    assert bundle.parent == Path(smime_collector.__file__).parent / "data"
+
+
+def test_shipped_names_the_package_bundle_beside_other_files(tmp_path) -> None:
+    settings = Settings.from_mapping({"trusted-certs": "shipped, our-ca.pem"}, tmp_path)
+    assert settings.trusted_certs == (SHIPPED_BUNDLE, tmp_path / "our-ca.pem")
 
 
 def test_a_private_ca_is_added_with_a_second_bundle(tmp_path, make_settings, roots) -> None:

@@ -25,10 +25,11 @@ from smime_collector.certdata import (
     parse_certdata,
     write_bundle,
 )
+from smime_collector.resources import SHIPPED_BUNDLE, SHIPPED_DISTRUST
 
 DEFAULT_CERTDATA = REPO.parent / "shared" / "trust" / "certdata.txt"
-DEFAULT_PEM = REPO / "smime-ca-bundle.pem"
-DEFAULT_SIDECAR = REPO / "smime-ca-bundle.distrust.json"
+DEFAULT_PEM = SHIPPED_BUNDLE
+DEFAULT_SIDECAR = SHIPPED_DISTRUST
 _VERSION_RE = re.compile(r'NSS_BUILTINS_LIBRARY_VERSION\s+"([^"]+)"')
 
 
@@ -49,14 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=DEFAULT_PEM,
-        help="PEM bundle to write (default: smime-ca-bundle.pem at the repo root)",
+        help="PEM bundle to write (default: the shipped smime_collector/data/smime-ca-bundle.pem)",
     )
     parser.add_argument(
         "--sidecar",
         type=Path,
         default=DEFAULT_SIDECAR,
         help="distrust-after JSON to write "
-        "(default: smime-ca-bundle.distrust.json at the repo root)",
+        "(default: the shipped smime_collector/data/smime-ca-bundle.distrust.json)",
     )
     parser.add_argument(
         "--builtins-version",
