@@ -34,6 +34,8 @@ ENV_PREFIX = "SMIME_COLLECTOR_"
 FILE_SUFFIX = "-file"
 #: The token the shipped ``webapp.ini`` and the README use: fine for trying it, never for real.
 SAMPLE_TOKEN = "t0p s3cr3t t0k3n"
+#: Below this, ``ui-token`` gets a warning: sign-in is rate-limited, not impossible to guess.
+MIN_UI_TOKEN_LENGTH = 20
 
 
 class ConfigError(Exception):
@@ -298,6 +300,9 @@ class Settings:
     smtp_recipients: tuple[str, ...] = key("smtp-recipients", "", lowered_items)
     smtp_tls_cert: Path | None = key("smtp-tls-cert", "", optional_file)
     smtp_tls_key: Path | None = key("smtp-tls-key", "", optional_file)
+    ui_token: str = key("ui-token", "", text, secret=True)
+    ui_session_hours: float = key("ui-session-hours", "8", positive(float))
+    verdict_retention_days: int = key("verdict-retention-days", "30", positive(int))
     #: Where the values came from, for messages: the INI file's path or "(defaults)".
     source: str = field(default="(defaults)", compare=False)
 
@@ -367,6 +372,14 @@ class Settings:
                 (
                     "revocation-allow-private",
                     "is yes: mail can make the service fetch from private addresses",
+                )
+            )
+        if self.ui_token and len(self.ui_token) < MIN_UI_TOKEN_LENGTH:
+            found.append(
+                (
+                    "ui-token",
+                    f"is shorter than {MIN_UI_TOKEN_LENGTH} characters: the operator page's "
+                    "sign-in is only as strong as the token (try: openssl rand -base64 24)",
                 )
             )
         return found

@@ -1,8 +1,14 @@
 """Prometheus metrics, correct under several gunicorn workers (multiprocess mode).
 
 Everything counted here is read off a :class:`Verdict` or an HTTP status; nothing keeps its own
-tally. gunicorn.conf.py sets ``PROMETHEUS_MULTIPROC_DIR`` before workers start, which makes
-prometheus_client keep values in per-process files that ``/metrics`` adds up.
+tally. gunicorn's settings set ``PROMETHEUS_MULTIPROC_DIR`` before workers start, which makes
+prometheus_client keep values in per-process files that ``/metrics`` adds up. What describes
+the process or the store rather than events (build info, certificates stored, earliest expiry)
+is read at scrape time instead, so every worker answers the same.
+
+Names follow Prometheus conventions (base units, ``_total`` for counters, ``_duration_seconds``,
+an HTTP status in ``code``). The 1.0 names are still exported, as :data:`DEPRECATED` lists, for
+one release, so dashboards can move over; CHANGELOG.md says when they go.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,9 +29,13 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from smime_collector import __version__
 from smime_collector.verdict import Outcome, Verdict
+
+if TYPE_CHECKING:
+    from smime_collector.store.base import StoreStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -33,25 +44,76 @@ MESSAGES = Counter(
     "Messages judged, by outcome, reason and the intake they came through.",
     ["outcome", "reason", "intake"],
 )
-REQUESTS = Counter("smime_requests_total", "Relay webhook requests, by HTTP status.", ["status"])
-REQUEST_SECONDS = Histogram(
-    "smime_request_seconds", "Relay webhook request latency.", buckets=LATENCY_BUCKETS
+REQUEST_DURATION = Histogram(
+    "smime_request_duration_seconds",
+    "Requests to the mail intakes, by HTTP status code.",
+    ["code"],
+    buckets=LATENCY_BUCKETS,
 )
-STAGE_SECONDS = Histogram(
-    "smime_stage_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS
+STAGE_DURATION = Histogram(
+    "smime_stage_duration_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS
+)
+CERTIFICATE_WRITES = Counter(
+    "smime_certificate_writes_total", "Certificates written to the store (new or replacing)."
+)
+WORKER_TIMEOUTS = Counter(
+    "smime_worker_timeouts_total",
+    "Requests that never got an answer because gunicorn's worker timeout killed the worker.",
 )
 DNS_LOOKUPS = Counter("smime_dkim_dns_lookups_total", "DKIM key lookups sent to DNS.")
 DNS_CACHE_HITS = Counter("smime_dkim_dns_cache_hits_total", "DKIM keys served from the cache.")
-STORED = Counter("smime_certificates_stored_total", "Certificates written to the folder.")
 REVOCATION_UNKNOWN = Counter(
     "smime_revocation_unknown_total",
     "Certificates stored with revocation = soft although their status was not established.",
 )
 
+# -- the 1.0 names, deprecated: exported alongside the new ones for one release ---------------
+REQUESTS = Counter(
+    "smime_requests_total",
+    "DEPRECATED (use smime_request_duration_seconds_count): intake requests by status.",
+    ["status"],
+)
+REQUEST_SECONDS = Histogram(
+    "smime_request_seconds",
+    "DEPRECATED (use smime_request_duration_seconds): intake request latency.",
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_SECONDS = Histogram(
+    "smime_stage_seconds",
+    "DEPRECATED (use smime_stage_duration_seconds): time per pipeline stage.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+STORED = Counter(
+    "smime_certificates_stored_total",
+    "DEPRECATED (use smime_certificate_writes_total): certificates written.",
+)
+
+#: Deprecated name → the name that replaces it (CHANGELOG.md and the README list the same).
+DEPRECATED: dict[str, str] = {
+    "smime_requests_total": "smime_request_duration_seconds_count",
+    "smime_request_seconds": "smime_request_duration_seconds",
+    "smime_stage_seconds": "smime_stage_duration_seconds",
+    "smime_certificates_stored_total": "smime_certificate_writes_total",
+}
+
+
+def record_request(code: int, seconds: float) -> None:
+    """One answered request to a mail intake, under the new and the deprecated names."""
+    REQUEST_DURATION.labels(str(code)).observe(seconds)
+    REQUEST_SECONDS.observe(seconds)
+    REQUESTS.labels(str(code)).inc()
+
+
+def request_timed_out() -> None:
+    """gunicorn's ``worker_abort`` hook: this worker is being killed mid-request."""
+    WORKER_TIMEOUTS.inc()
+
 
 def record_verdict(verdict: Verdict, intake: str) -> None:
     MESSAGES.labels(verdict.outcome.value, str(verdict.reason), intake).inc()
     if verdict.outcome is Outcome.STORED:
+        CERTIFICATE_WRITES.inc()
         STORED.inc()
 
 
@@ -61,7 +123,9 @@ def stage(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        STAGE_SECONDS.labels(name).observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        STAGE_DURATION.labels(name).observe(elapsed)
+        STAGE_SECONDS.labels(name).observe(elapsed)
 
 
 class WorkerFiles:
@@ -87,14 +151,53 @@ class WorkerFiles:
         return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text format, summed over all worker processes when in multiprocess mode."""
+class ScrapeTime:
+    """Values read when scraped: the build, and the store's count and earliest expiry (from
+    its index, so a scrape parses no certificate)."""
+
+    def __init__(self, store: StoreLike | None) -> None:
+        self.store = store
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "smime_build_info", "The running release (always 1).", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+        if self.store is None:
+            return
+        stats = self.store.stats()
+        yield GaugeMetricFamily(
+            "smime_certificates_stored", "Certificates stored now.", value=stats.count
+        )
+        if stats.earliest_expiry is not None:
+            yield GaugeMetricFamily(
+                "smime_certificate_earliest_expiry_timestamp_seconds",
+                "The earliest notAfter of the stored certificates (expired ones included), "
+                "as Unix time.",
+                value=stats.earliest_expiry.timestamp(),
+            )
+
+
+class StoreLike(Protocol):
+    def stats(self) -> StoreStats: ...
+
+
+def exposition(store: StoreLike | None = None) -> tuple[bytes, str]:
+    """The text format, summed over all worker processes when in multiprocess mode, with the
+    scrape-time values of ``store``."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path:
-        registry = CollectorRegistry()
-        registry.register(WorkerFiles(path))
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    registry.register(WorkerFiles(path) if path else _Default())
+    registry.register(ScrapeTime(store))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Default:
+    """This process's own metrics (outside gunicorn: tests, the CLI)."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
 
 
 def worker_exited(pid: int) -> None:

@@ -38,7 +38,7 @@ def metrics_route() -> Response | tuple[Response, int]:
     token = state().settings.metrics_token
     if token and not bearer_ok(token):
         return bearer_denied()
-    body, content_type = metrics.exposition()
+    body, content_type = metrics.exposition(state().collector.store)
     return Response(body, content_type=content_type)
 
 

@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -24,6 +24,7 @@ from smime_collector.deadline import Deadline
 from smime_collector.delivery import Delivery
 from smime_collector.dkimcheck import check_dkim
 from smime_collector.dnskeys import KeyResolver
+from smime_collector.journal import JournalEntry
 from smime_collector.message import MalformedMessage, ParsedMessage, parse_message
 from smime_collector.revocation import (
     Revocation,
@@ -102,6 +103,7 @@ class Collector:
                 )
                 message_id = None
             metrics.record_verdict(verdict, delivery.intake)
+            self._journal(verdict, delivery, message_id)
             log.log(
                 _level(verdict),
                 "| outcome=%s,reason=%s,email=%s,message_id=%s,intake=%s",
@@ -120,6 +122,22 @@ class Collector:
                 },
             )
             return verdict
+
+    def _journal(self, verdict: Verdict, delivery: Delivery, message_id: str | None) -> None:
+        """Keep the verdict for the operator page. The journal serves people asking why; a
+        failure to write it must not change what the sender is told, so it is only logged."""
+        entry = JournalEntry.from_verdict(
+            verdict,
+            datetime.now(UTC),
+            delivery.intake,
+            message_id,
+            logsetup.current_request_id(),
+            delivery.envelope.sender,
+        )
+        try:
+            self.store.record(entry)
+        except OSError as exc:
+            log.warning("| verdict journal not written: %s", exc)
 
     @contextlib.contextmanager
     def _scope(self) -> Iterator[None]:

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from smime_collector import logsetup, metrics, ops
+from smime_collector import logsetup, metrics, ops, ui
 from smime_collector.config import Settings, load_settings
 from smime_collector.intake import mailgun, postmark, raw, sendgrid, ses, sparkpost
 from smime_collector.intake.common import STATE_KEY, AppState
@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None, collector: Collector | None = N
         if door.enabled(settings):
             door.install(app, settings)
     app.register_blueprint(ops.blueprint)
+    if settings.ui_token:
+        ui.install(app, settings)
     app.wsgi_app = RequestScope(app.wsgi_app, sink)  # type: ignore[method-assign]
 
     @app.before_request
@@ -64,10 +66,12 @@ def create_app(settings: Settings | None = None, collector: Collector | None = N
 
     @app.after_request
     def count_intake_request(response: Response) -> Response:
-        """Every answer to a door counts, error handlers' (413, 503) included."""
+        """Every answer to a door counts, error handlers' (413, 503) included; the operator's
+        own routes (health, metrics, lookups, the page) do not."""
         if request.path in INTAKE_PATHS and request.method == "POST":
-            metrics.REQUEST_SECONDS.observe(time.perf_counter() - g.get("started", 0.0))
-            metrics.REQUESTS.labels(str(response.status_code)).inc()
+            metrics.record_request(
+                response.status_code, time.perf_counter() - g.get("started", 0.0)
+            )
         return response
 
     @app.errorhandler(HTTPException)

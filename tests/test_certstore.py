@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from smime_collector.pipeline import Collector
 from smime_collector.store import folder as certstore
 from smime_collector.store.folder import HISTORY, LOCKS, unsafe_address
+from smime_collector.store.folderjournal import JOURNAL_DIR
 from smime_collector.store.folder import FolderStore as CertStore
 from smime_collector.trust import fingerprint
 from smime_collector.verdict import Outcome
@@ -70,7 +71,7 @@ def assert_clean(folder: Path, addresses: list[str]) -> None:
     """Only ``<address>.crt`` visible; the rest is .history/ and .locks/, no temp files."""
     assert visible_files(folder) == sorted(f"{a}.crt" for a in addresses)
     hidden = {p.name for p in folder.iterdir() if p.name.startswith(".")}
-    assert hidden <= {HISTORY, LOCKS}
+    assert hidden <= {HISTORY, LOCKS, JOURNAL_DIR}
     assert not [n for n in all_names(folder) if ".tmp-" in n or n.endswith(".tmp")]
 
 
@@ -357,8 +358,11 @@ def test_pipeline_rejects_an_unsafe_address_and_writes_nothing(
         "unsafe-address",
         None,
     )
-    assert all_names(collector.store.folder) == []
-    assert set(all_names(tmp_path)) - set(before) <= {"webapp.log"}
+    written = all_names(collector.store.folder)
+    assert [n for n in written if not n.startswith(JOURNAL_DIR)] == []  # only the verdict kept
+    assert set(all_names(tmp_path)) - set(before) - {"webapp.log"} <= {
+        f"certs/{name}" for name in written
+    } | {"certs"}
 
 
 def test_pipeline_history_through_messages(make_collector, mail) -> None:

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from smime_collector.config import Settings
-from smime_collector.store.base import CertStore, Decision, Entry, StoreResult, supersede
+from smime_collector.store.base import (
+    CertStore,
+    Decision,
+    Entry,
+    HistoryEntry,
+    Page,
+    StoreResult,
+    StoreStats,
+    supersede,
+)
 from smime_collector.store.folder import FolderStore
 
 __all__ = [
@@ -11,7 +20,10 @@ __all__ = [
     "Decision",
     "Entry",
     "FolderStore",
+    "HistoryEntry",
+    "Page",
     "StoreResult",
+    "StoreStats",
     "open_store",
     "supersede",
 ]
@@ -19,4 +31,4 @@ __all__ = [
 
 def open_store(settings: Settings) -> CertStore:
     """The store ``settings`` name. Opening touches nothing; ``health()`` checks it."""
-    return FolderStore(settings.user_certs_dir)
+    return FolderStore(settings.user_certs_dir, settings.verdict_retention_days)

@@ -8,6 +8,7 @@ one place, :func:`supersede`, which every backend calls under its own lock or tr
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from smime_collector.journal import JournalEntry, JournalPage
 from smime_collector.verdict import Check
 
 
@@ -77,6 +79,51 @@ class Entry:
         }
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing: ``entries`` from ``offset`` of ``total`` matches."""
+
+    entries: list[Entry]
+    total: int
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """What dashboards and gauges need, from the store's index without reading certificates:
+    how many are stored, how many expire before a given time, and the earliest notAfter."""
+
+    count: int
+    expiring: int
+    earliest_expiry: datetime | None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """A certificate that was an address's and is no longer, or was refused: ``event`` is
+    ``replaced``, ``revoked`` or ``refused-older``; ``at`` is when, where the store knows."""
+
+    sha256: str
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+    event: str
+    at: datetime | None
+
+
+def matches(entry: Entry, text: str) -> bool:
+    """The search every backend offers: ``text`` in the address or the issuer, or a prefix of
+    the SHA-256 fingerprint, ignoring case."""
+    text = text.strip().lower()
+    return (
+        not text
+        or text in entry.email
+        or text in entry.issuer.lower()
+        or entry.sha256.startswith(text.replace(":", ""))
+    )
+
+
 class CertStore(Protocol):
     """Where certificates live. Backends: ``folder`` (default) and ``postgresql``."""
 
@@ -130,6 +177,34 @@ class CertStore(Protocol):
     def list(self, expiring_before: datetime | None = None) -> list[Entry]:
         """Current certificates sorted by address; only those whose notAfter is before
         ``expiring_before`` when it is given."""
+
+    def search(
+        self,
+        text: str = "",
+        offset: int = 0,
+        limit: int = 50,
+        expiring_before: datetime | None = None,
+    ) -> Page:
+        """A page of :meth:`list`, only entries :func:`matches` ``text``, sorted by address."""
+
+    def stats(self, expiring_before: datetime | None = None) -> StoreStats:
+        """Counts from the index, cheap enough for every ``/metrics`` scrape."""
+
+    def history(self, address: str) -> list[HistoryEntry]:
+        """Certificates ``address`` had before its current one, newest first."""
+
+    def record(self, entry: JournalEntry) -> None:
+        """Append a verdict to the store's journal: bounded by ``verdict-retention-days``,
+        durable across restarts. Raises ``OSError`` (or the backend's error) when it cannot."""
+
+    def verdicts(
+        self, text: str = "", outcome: str = "", offset: int = 0, limit: int = 50
+    ) -> JournalPage:
+        """Journal entries, newest first, whose address (or envelope sender) contains ``text``
+        and whose outcome is ``outcome`` when given."""
+
+    def verdict_counts(self, since: datetime) -> Counter[tuple[str, str]]:
+        """How many verdicts since ``since``, by (outcome, reason)."""
 
     def health(self) -> Check:
         """Can the store be written now? A failure is a ``store-error`` retry check."""

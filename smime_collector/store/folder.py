@@ -17,7 +17,9 @@ import errno
 import fcntl
 import json
 import os
+import re
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +28,19 @@ from asn1crypto import pem as asn1_pem
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from smime_collector.store.base import Decision, Entry, StoreResult, supersede
+from smime_collector.journal import JournalEntry, JournalPage
+from smime_collector.store.base import (
+    Decision,
+    Entry,
+    HistoryEntry,
+    Page,
+    StoreResult,
+    StoreStats,
+    matches,
+    supersede,
+)
+from smime_collector.store.folderindex import FolderIndex
+from smime_collector.store.folderjournal import FolderJournal
 from smime_collector.trust import CORRUPT_CERTIFICATE, fingerprint
 from smime_collector.verdict import Check, Reason
 
@@ -38,6 +52,7 @@ REVOKED_SUFFIX = ".revoked"
 MAX_NAME_BYTES = 255  # NAME_MAX: the longest file name (in bytes) Linux file systems take
 #: The longest name made from an address: ``.history/<address>.<SHA-256 hex>.crt``.
 MAX_ADDRESS_BYTES = MAX_NAME_BYTES - len(".") - 64 - len(".crt")
+DEFAULT_RETENTION_DAYS = 30
 
 
 _DER = serialization.Encoding.DER
@@ -74,8 +89,10 @@ class FolderStore:
 
     kind = "folder"
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
         self.folder = folder
+        self.index = FolderIndex(folder, folder / HISTORY, self._listed_as_revoked)
+        self.journal = FolderJournal(folder, retention_days)
 
     def unsafe(self, address: str) -> str | None:
         return unsafe_address(address)
@@ -156,6 +173,10 @@ class FolderStore:
 
     def _marker(self, address: str, cert: x509.Certificate) -> Path:
         return self.folder / HISTORY / f"{address.lower()}.{fingerprint(cert)}{REVOKED_SUFFIX}"
+
+    def _listed_as_revoked(self, entry: Entry) -> bool:
+        """A current file whose certificate has a revoked marker is never listed."""
+        return (self.folder / HISTORY / f"{entry.email}.{entry.sha256}{REVOKED_SUFFIX}").exists()
 
     def is_revoked(self, address: str, cert: x509.Certificate) -> bool:
         """Whether ``cert`` was found revoked for ``address`` (it has a marker)."""
@@ -249,29 +270,92 @@ class FolderStore:
 
     def list(self, expiring_before: datetime | None = None) -> list[Entry]:
         """Every stored certificate (sorted by address), optionally only those expiring soon."""
-        entries: list[Entry] = []
-        if not self.folder.is_dir():
-            return entries
-        for path in sorted(self.folder.glob("*.crt")):
-            if path.name.startswith(".") or path.is_symlink():
+        entries = self.index.entries()
+        if expiring_before is None:
+            return list(entries)
+        return [e for e in entries if e.not_after <= expiring_before]
+
+    def search(
+        self,
+        text: str = "",
+        offset: int = 0,
+        limit: int = 50,
+        expiring_before: datetime | None = None,
+    ) -> Page:
+        found = [e for e in self.list(expiring_before) if matches(e, text)]
+        return Page(found[offset : offset + limit], len(found), offset, limit)
+
+    def stats(self, expiring_before: datetime | None = None) -> StoreStats:
+        entries = self.index.entries()
+        expiring = 0
+        if expiring_before is not None:
+            expiring = sum(1 for e in entries if e.not_after <= expiring_before)
+        earliest = min((e.not_after for e in entries), default=None)
+        return StoreStats(len(entries), expiring, earliest)
+
+    def history(self, address: str) -> list[HistoryEntry]:
+        """Certificates kept in ``.history/``, newest first: ``revoked`` when a marker says so
+        (and when it was found), else ``replaced`` (when: the copy's time)."""
+        address = address.strip().lower()
+        if not address or unsafe_address(address):
+            return []
+        pattern = re.compile(re.escape(address) + r"\.([0-9a-f]{64})\.crt")
+        try:
+            names = os.listdir(self.folder / HISTORY)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if not pattern.fullmatch(name):
                 continue
+            path = self.folder / HISTORY / name
             try:
                 cert = x509.load_pem_x509_certificate(path.read_bytes())
+                at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
             except (OSError, *CORRUPT_CERTIFICATE):
                 continue
-            if expiring_before is not None and cert.not_valid_after_utc > expiring_before:
-                continue
-            if self.is_revoked(path.name.removesuffix(".crt"), cert):
-                continue  # never listed, even if it came back
-            entries.append(
-                Entry(
-                    path.name.removesuffix(".crt"),
-                    cert.issuer.rfc4514_string(),
-                    cert.not_valid_after_utc,
+            event = "replaced"
+            revoked_at = self._revoked_at(address, cert)
+            if revoked_at is not None:
+                event, at = "revoked", revoked_at
+            found.append(
+                HistoryEntry(
                     fingerprint(cert),
+                    cert.issuer.rfc4514_string(),
+                    cert.not_valid_before_utc,
+                    cert.not_valid_after_utc,
+                    event,
+                    at,
                 )
             )
-        return entries
+        return sorted(found, key=lambda h: (h.at, h.not_before), reverse=True)
+
+    def _revoked_at(self, address: str, cert: x509.Certificate) -> datetime | None:
+        """When the marker says ``cert`` was found revoked (the marker's own time if it does
+        not say); ``None`` without a marker."""
+        marker = self._marker(address, cert)
+        try:
+            text = marker.read_text("utf-8")
+            stat = marker.stat()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return datetime.fromtimestamp(0, UTC)
+        try:
+            return datetime.fromisoformat(json.loads(text)["found"].replace("Z", "+00:00"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return datetime.fromtimestamp(stat.st_mtime, UTC)
+
+    def record(self, entry: JournalEntry) -> None:
+        self.journal.append(entry)
+
+    def verdicts(
+        self, text: str = "", outcome: str = "", offset: int = 0, limit: int = 50
+    ) -> JournalPage:
+        return self.journal.page(text, outcome, offset, limit)
+
+    def verdict_counts(self, since: datetime) -> Counter[tuple[str, str]]:
+        return self.journal.counts(since)
 
     def _keep_history(self, address: str, cert: x509.Certificate) -> None:
         history = self.folder / HISTORY
