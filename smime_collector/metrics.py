@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
@@ -98,16 +100,46 @@ DEPRECATED: dict[str, str] = {
 }
 
 
-def record_request(code: int, seconds: float) -> None:
-    """One answered request to a mail intake, under the new and the deprecated names."""
+@dataclass(frozen=True)
+class _InFlight:
+    started: float
+    intake: bool
+
+
+#: Requests this process is serving now, by thread: what a worker timeout would cut short.
+_in_flight: dict[int, _InFlight] = {}
+#: What gunicorn answers a request whose worker it killed (when it still can).
+TIMEOUT_STATUS = 500
+
+
+def request_started(intake: bool) -> None:
+    _in_flight[threading.get_ident()] = _InFlight(time.perf_counter(), intake)
+
+
+def request_finished(code: int) -> None:
+    """One answered request; only those to a mail intake are observed."""
+    request = _in_flight.pop(threading.get_ident(), None)
+    if request is not None and request.intake:
+        _observe(code, time.perf_counter() - request.started)
+
+
+def _observe(code: int, seconds: float) -> None:
+    """Under the new names and the deprecated ones."""
     REQUEST_DURATION.labels(str(code)).observe(seconds)
     REQUEST_SECONDS.observe(seconds)
     REQUESTS.labels(str(code)).inc()
 
 
 def request_timed_out() -> None:
-    """gunicorn's ``worker_abort`` hook: this worker is being killed mid-request."""
-    WORKER_TIMEOUTS.inc()
+    """gunicorn's ``worker_abort`` hook: this worker is being killed by the timeout. Each
+    request it was serving is counted, and an intake request is observed with the 500 gunicorn
+    answers, so the histogram misses none of them."""
+    now = time.perf_counter()
+    for request in list(_in_flight.values()):
+        WORKER_TIMEOUTS.inc()
+        if request.intake:
+            _observe(TIMEOUT_STATUS, now - request.started)
+    _in_flight.clear()
 
 
 def record_verdict(verdict: Verdict, intake: str) -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from smime_collector import logsetup, metrics, ops, ui
@@ -32,7 +31,7 @@ log = logging.getLogger("smime_collector.webapp")
 TOKEN_HEADER = sparkpost.TOKEN_HEADER
 #: The doors besides SparkPost's; each exists only when its secret is configured (else 404).
 OPTIONAL_DOORS = (mailgun, postmark, sendgrid, ses, raw)
-#: Every route mail comes in by, for request metrics.
+#: Every route mail comes in by: requests to these are timed, the operator's own are not.
 INTAKE_PATHS = frozenset({"/", *(door.PATH for door in OPTIONAL_DOORS)})
 
 
@@ -62,16 +61,15 @@ def create_app(settings: Settings | None = None, collector: Collector | None = N
 
     @app.before_request
     def start_clock() -> None:
-        g.started = time.perf_counter()
+        """Every request is in flight until answered (a worker timeout counts the ones that
+        never are); only those to a mail intake are timed: the operator's own routes
+        (health, metrics, lookups, the page) are not."""
+        metrics.request_started(intake=request.path in INTAKE_PATHS and request.method == "POST")
 
     @app.after_request
-    def count_intake_request(response: Response) -> Response:
-        """Every answer to a door counts, error handlers' (413, 503) included; the operator's
-        own routes (health, metrics, lookups, the page) do not."""
-        if request.path in INTAKE_PATHS and request.method == "POST":
-            metrics.record_request(
-                response.status_code, time.perf_counter() - g.get("started", 0.0)
-            )
+    def count_request(response: Response) -> Response:
+        """Every answer counts, error handlers' (413, 503) included."""
+        metrics.request_finished(response.status_code)
         return response
 
     @app.errorhandler(HTTPException)

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import serialization
 from smime_collector.pipeline import Collector
 from smime_collector.store import folder as certstore
 from smime_collector.store.folder import HISTORY, LOCKS, unsafe_address
-from smime_collector.store.folderjournal import JOURNAL_DIR
 from smime_collector.store.folder import FolderStore as CertStore
+from smime_collector.store.folderjournal import JOURNAL_DIR
 from smime_collector.trust import fingerprint
 from smime_collector.verdict import Outcome
 from tests import pki

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
 from prometheus_client.parser import text_string_to_metric_families
 
+import smime_collector
 from smime_collector.resources import SHIPPED_BUNDLE
 from tests import pki
 from tests.conftest import write_ini
@@ -389,6 +390,16 @@ def test_metrics_add_up_over_both_workers(start_service, tmp_path, dns) -> None:
         inf = values[("smime_stage_seconds_bucket", (("le", "+Inf"), ("stage", stage)))]
         assert inf == count
     assert values[("smime_certificates_stored_total", ())] == 1
+    # The conventional names count the same as the deprecated ones they replace.
+    assert by_label(values, "smime_request_duration_seconds_count", "code") == expected.requests
+    assert by_label(values, "smime_stage_duration_seconds_count", "stage") == expected.stages
+    assert values[("smime_certificate_writes_total", ())] == 1
+    # Read from the store at scrape time: one certificate, Bob's, and its expiry.
+    bob = x509.load_pem_x509_certificate((tmp_path / "certs" / f"{BOB.email}.crt").read_bytes())
+    assert values[("smime_certificates_stored", ())] == 1
+    expiry = values[("smime_certificate_earliest_expiry_timestamp_seconds", ())]
+    assert expiry == bob.not_valid_after_utc.timestamp()
+    assert values[("smime_build_info", (("version", smime_collector.__version__),))] == 1
     # Every DKIM check asked the resolver once: a DNS query or a per-worker cache hit.
     lookups = values[("smime_dkim_dns_lookups_total", ())]
     hits = values[("smime_dkim_dns_cache_hits_total", ())]
@@ -401,6 +412,7 @@ def test_metrics_add_up_over_both_workers(start_service, tmp_path, dns) -> None:
     again = scrape(server)
     assert by_label(again, "smime_requests_total", "status") == expected.requests
     assert again[("smime_request_seconds_count", ())] == requests
+    assert by_label(again, "smime_request_duration_seconds_count", "code") == expected.requests
     assert visible_files(tmp_path / "certs") == [f"{BOB.email}.crt"]
 
 
