@@ -23,17 +23,20 @@ from dataclasses import dataclass, field
 from flask import Flask, current_app, request, session
 from flask.sessions import SecureCookieSessionInterface
 
+from smime_collector.ui import ratelimit
+
 STATE_KEY = "smime_collector_ui"
 CSRF_FIELD = "csrf_token"
 
 
 @dataclass
 class UIState:
-    """Per app: the token to sign in with, the session's lifetime and the clock (tests move
-    it instead of waiting hours)."""
+    """Per app: the token to sign in with, the session's lifetime, the sign-in limiter (the
+    workers' shared one under gunicorn) and the clock (tests move it instead of waiting)."""
 
     token: str
     session_seconds: float
+    limiter: ratelimit.SignInLimiter = field(default_factory=ratelimit.limiter)
     clock: Callable[[], float] = field(default=time.time)
 
 

@@ -29,7 +29,6 @@ from smime_collector import __version__
 from smime_collector.intake.common import state
 from smime_collector.store.base import Entry
 from smime_collector.trust import fingerprint
-from smime_collector.ui import ratelimit
 from smime_collector.ui.session import (
     CSRF_FIELD,
     csrf_ok,
@@ -112,7 +111,7 @@ def login() -> Response | tuple[str, int] | str:
             return redirect(next_page, 303)
         return render_template("ui/login.html", next=next_page, problem=None)
     client = request.remote_addr or "unknown"
-    limiter = ratelimit.limiter()
+    limiter = ui_state().limiter
     wait = limiter.retry_after(client)
     if wait:
         problem = f"Too many failed sign-ins. Try again in {wait // 60 + 1} minutes."
