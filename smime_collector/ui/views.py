@@ -118,8 +118,10 @@ def login() -> Response | tuple[str, int] | str:
         page = render_template("ui/login.html", next=next_page, problem=problem)
         return Response(page, 429, {"Retry-After": str(wait)})
     if not token_ok(request.form.get("token", "")):
+        # The form again with the problem, as a 200: it is a page to read, not an error of the
+        # page (a 401 would also need an HTTP authentication scheme this form does not use).
         limiter.failed(client)
-        return render_template("ui/login.html", next=next_page, problem="Wrong token."), 401
+        return render_template("ui/login.html", next=next_page, problem="Wrong token."), 200
     sign_in()
     return redirect(next_page, 303)
 
