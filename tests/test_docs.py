@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import re
 
+from prometheus_client.metrics import MetricWrapperBase
+
+import smime_collector
+from smime_collector import metrics
 from smime_collector.config import keys
+from smime_collector.metrics import DEPRECATED
 from smime_collector.verdict import Reason
 from tests.paths import REPO
 
@@ -22,3 +27,35 @@ def test_every_config_key_is_documented() -> None:
     for spec in keys():
         assert f"| `{spec.name}` |" in README, spec.name
         assert spec.name in INI, spec.name
+
+
+def test_changelog_names_every_deprecated_metric_and_its_replacement() -> None:
+    changelog = (REPO / "CHANGELOG.md").read_text("utf-8")
+    assert f"## {smime_collector.__version__} " in changelog
+    for old, new in DEPRECATED.items():
+        row = re.search(rf"^\| `{old}(?:\{{\w+\}})?` \| `([^`]+)` \|$", changelog, re.MULTILINE)
+        assert row, old
+        assert row[1].split("{")[0] == new, old
+        assert old in README and new.removesuffix("_count") in README, old
+
+
+def test_readme_lists_every_metric() -> None:
+    exposed = [
+        m._name + ("_total" if m._type == "counter" else "")
+        for m in vars(metrics).values()
+        if isinstance(m, MetricWrapperBase)
+    ]
+    exposed += [
+        "smime_build_info",
+        "smime_certificates_stored",
+        "smime_certificate_earliest_expiry_timestamp_seconds",
+    ]
+    for name in exposed:
+        assert f"`{name}" in README, name
+
+
+def test_the_readme_shows_the_page() -> None:
+    shots = re.findall(r"!\[[^\]]+\]\((docs/screenshots/[\w-]+\.png)\)", README)
+    assert len(shots) >= 3
+    for shot in shots:
+        assert (REPO / shot).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), shot

@@ -1,0 +1,123 @@
+"""The ``smime-collector`` command in the project's venv, and its twin ``readSMIMEsig.py``.
+
+The two run the same code: the same verdicts, lines and exit codes for the same mail, the same
+``check-config`` report. The installed-from-a-wheel command is tested in test_packaging.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import smime_collector
+from smime_collector.cli import COMMANDS
+from tests.helpers import run_cli
+from tests.paths import REPO, SHARED, THUNDERBIRD
+from tests.servers import free_port
+
+COMMAND = Path(sys.prefix) / "bin" / "smime-collector"
+VERSION = smime_collector.__version__
+
+
+def smime_collector_cmd(
+    *args: str | Path, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    if not COMMAND.exists():
+        pytest.fail(f"{COMMAND} is missing: the venv installs the project (make test does)")
+    return subprocess.run(
+        [str(COMMAND), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_version_everywhere() -> None:
+    assert smime_collector_cmd("--version").stdout == f"smime-collector {VERSION}\n"
+    for name in ("serve", "judge", "check-config"):
+        done = smime_collector_cmd(name, "--version")
+        assert (done.returncode, done.stdout) == (0, f"smime-collector {name} {VERSION}\n")
+    module = subprocess.run(
+        [sys.executable, "-m", "smime_collector", "--version"], capture_output=True, text=True
+    )
+    assert module.stdout == f"smime-collector {VERSION}\n"
+    assert run_cli("--version").stdout == f"readSMIMEsig.py {VERSION}\n"
+
+
+def test_subcommands_are_those_whose_modules_exist() -> None:
+    """recheck, export, import and smtpd are registered the day their modules land."""
+    help_text = smime_collector_cmd("--help").stdout
+    present = {name for name, module in COMMANDS.items() if importlib.util.find_spec(module)}
+    assert {"serve", "judge", "check-config"} <= present
+    listed = {name for name in COMMANDS if re.search(rf"^    {name}\b", help_text, re.MULTILINE)}
+    assert listed == present, help_text
+    for missing in set(COMMANDS) - present:
+        done = smime_collector_cmd(missing)
+        assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_judge_without_mail_is_a_usage_error() -> None:
+    done = smime_collector_cmd("judge")
+    assert done.returncode == 2
+    assert "EMLFILE" in done.stderr
+
+
+def readme_command(prefix: str) -> list[str]:
+    """A README command line starting ``prefix``, split, with this venv and corpus put in."""
+    readme = (REPO / "README.md").read_text("utf-8")
+    (line,) = [line for line in readme.splitlines() if line.startswith(prefix)]
+    line = line.replace(".venv/bin/smime-collector", str(COMMAND))
+    return line.replace("../shared", str(SHARED)).split()
+
+
+def test_the_readme_judge_command_matches_readsmimesig(tmp_path) -> None:
+    shutil.copy(REPO / "webapp.ini", tmp_path / "webapp.ini")
+    args = readme_command(".venv/bin/smime-collector judge --config webapp.ini --json ../shared")
+    new = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    old = run_cli("--config", "webapp.ini", "--json", *args[5:], cwd=tmp_path)
+    assert (new.returncode, new.stdout) == (old.returncode, old.stdout)
+    (verdict,) = [json.loads(line) for line in new.stdout.splitlines()]
+    assert verdict["file"] == str(THUNDERBIRD / "alice.sig.SHA256.opaque.eml")
+    assert verdict["outcome"] in ("stored", "rejected")
+    assert ",judge,INFO," in (tmp_path / "webapp.log").read_text()  # the log names the program
+
+
+def test_check_config_matches_the_seeds_flag(tmp_path) -> None:
+    shutil.copy(REPO / "webapp.ini", tmp_path / "webapp.ini")
+    args = readme_command(".venv/bin/smime-collector check-config --config webapp.ini")
+    new = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    old = run_cli("--check-config", "--config", "webapp.ini", cwd=tmp_path)
+    assert new.returncode == old.returncode
+    assert new.stdout.splitlines()[:3] == old.stdout.splitlines()[:3]  # config, anchors, store
+    assert "WARN x-messagesystems-webhook-token: is the sample token" in new.stdout
+
+
+def test_the_readme_smtpd_command_serves_and_stops_on_sigterm(tmp_path) -> None:
+    shutil.copy(REPO / "webapp.ini", tmp_path / "webapp.ini")
+    port = free_port()
+    env = {**os.environ, "SMIME_COLLECTOR_SMTP_LISTEN": f"127.0.0.1:{port}"}
+    args = readme_command(".venv/bin/smime-collector smtpd --config webapp.ini")
+    server = subprocess.Popen(args, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+                    code, _banner = client.ehlo("test.example")
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()
+                assert time.monotonic() < deadline, "smtpd never answered"
+                time.sleep(0.1)
+        assert code == 250
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
