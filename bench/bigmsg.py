@@ -34,7 +34,7 @@ class BigResult:
     peak_rss: int  # VmHWM of the child after the big message, bytes
     peak_before: int  # VmHWM after the warm-up, before reading the big message
     rss_before: int  # VmRSS before reading the big message
-    stages: dict[str, float]  # seconds per pipeline stage (metrics.STAGE_SECONDS)
+    stages: dict[str, float]  # seconds per pipeline stage (metrics.STAGE_DURATION)
 
 
 def measure(ws: Workspace, size: int, profile: bool = False) -> tuple[BigResult, str]:
@@ -80,7 +80,8 @@ def main(argv: list[str]) -> int:
     def stage_sums() -> dict[str, float]:
         names = ("parse", "dkim", "cms", "chain", "store")
         return {
-            name: REGISTRY.get_sample_value("smime_stage_seconds_sum", {"stage": name}) or 0.0
+            name: REGISTRY.get_sample_value("smime_stage_duration_seconds_sum", {"stage": name})
+            or 0.0
             for name in names
         }
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from bench import REPO
 from bench.procfs import status_bytes
+from smime_collector.resources import SHIPPED_BUNDLE
 
 TOKEN = "bench token"
 
@@ -198,7 +199,7 @@ def run_case(name: str) -> dict:
         attacker = Attacker(dns)
         raw = case.build(attacker, folder)
         own_root = (folder / "root.pem").exists()
-        trusted = "root.pem" if own_root else str(REPO / "smime-ca-bundle.pem")
+        trusted = "root.pem" if own_root else "shipped"
         (folder / "webapp.ini").write_text(
             "[webapp]\nuser-certs-dir = certs\nlog-file = webapp.log\n"
             f"trusted-certs = {trusted}\ndkim = {case.dkim}\n"
@@ -311,7 +312,11 @@ def batch_with_dns_down() -> dict:
         status, seconds = _post(server.url, json.dumps(batch).encode())
         with urllib.request.urlopen(server.url + "metrics", timeout=10) as answer:
             metrics = answer.read().decode()
-        counted = [line for line in metrics.splitlines() if line.startswith("smime_requests_total")]
+        counted = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("smime_request_duration_seconds_count")
+        ]
         return {
             "case": "batch-7-dns-down",
             "status": status,
@@ -340,7 +345,7 @@ def slowloris(clients: int = 4, seconds: float = 30.0, via_nginx: bool = False) 
     server = proxy = None
     sockets: list[socket.socket] = []
     try:
-        server = _gunicorn(folder, "127.0.0.1:9", REPO / "smime-ca-bundle.pem", {})
+        server = _gunicorn(folder, "127.0.0.1:9", SHIPPED_BUNDLE, {})
         url = server.url
         if via_nginx:
             proxy = start_nginx(folder, server.url)

@@ -2,8 +2,9 @@
 
 A pass judges every corpus message once, in one thread. The first passes go to a fresh
 certificate folder (every verdict ``stored``), later ones to the filled folder (``unchanged``).
-Stage times are the differences of ``smime_stage_seconds_sum`` (metrics.STAGE_SECONDS) around
-each pass; "other" is what the stages do not cover (finding the signature, logging, verdict).
+Stage times are the differences of ``smime_stage_duration_seconds_sum``
+(metrics.STAGE_DURATION) around each pass; "other" is what the stages do not cover (finding
+the signature, logging, verdict).
 Each figure is the best of ``repeats`` passes, after one warm-up pass (imports, DNS cache).
 """
 
@@ -67,7 +68,7 @@ class InProcessResult:
 
 def stage_sums() -> dict[str, float]:
     return {
-        name: REGISTRY.get_sample_value("smime_stage_seconds_sum", {"stage": name}) or 0.0
+        name: REGISTRY.get_sample_value("smime_stage_duration_seconds_sum", {"stage": name}) or 0.0
         for name in STAGES
     }
 

@@ -72,5 +72,5 @@ def request_budget(environ: Mapping[str, str]) -> float:
     try:
         timeout = float(_count(environ, "GUNICORN_TIMEOUT", DEFAULT_TIMEOUT))
     except ConfigError:
-        timeout = DEFAULT_TIMEOUT  # refused at start-up by gunicorn.conf.py; never here
+        timeout = DEFAULT_TIMEOUT  # refused at start-up by gunicorn's settings; never here
     return max(timeout - ANSWER_MARGIN_SECONDS, timeout / 2)
