@@ -290,4 +290,5 @@ def test_concurrent_relay_load(tmp_path: Path, dns_server: LoopbackDNS, capsys) 
         ".chains",  # each certificate's issuers, for --recheck
         ".history",
         ".locks",
+        ".verdicts",
     }

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from flask import Flask
 from flask.testing import FlaskClient
 
+from smime_collector.config import Settings
 from smime_collector.journal import JournalEntry
 from smime_collector.ui import ratelimit
 from smime_collector.ui.session import STATE_KEY
@@ -249,13 +250,22 @@ def test_failed_sign_ins_are_limited_per_client(app, clock) -> None:
 def test_the_limit_counts_all_clients_together_too(clock) -> None:
     limiter = ratelimit.SignInLimiter(clock)
     for n in range(ratelimit.MAX_FAILURES_TOTAL):
-        assert limiter.retry_after(f"198.51.100.{n % 250}") == 0
-        limiter.failed(f"198.51.100.{n % 250}")
-    assert limiter.retry_after("203.0.113.1") == ratelimit.WINDOW_SECONDS
+        assert limiter.admit(f"198.51.100.{n % 250}") == 0  # each a wrong token
+    assert limiter.admit("203.0.113.1") == ratelimit.WINDOW_SECONDS
     clock.advance(seconds=ratelimit.WINDOW_SECONDS - 1)
-    assert limiter.retry_after("203.0.113.1") == 1
+    assert limiter.admit("203.0.113.1") == 1
     clock.advance(seconds=1)
-    assert limiter.retry_after("203.0.113.1") == 0
+    assert limiter.admit("203.0.113.1") == 0
+
+
+def test_a_right_token_is_not_a_failure(clock) -> None:
+    limiter = ratelimit.SignInLimiter(clock)
+    for _ in range(ratelimit.MAX_FAILURES_PER_CLIENT * 3):
+        assert limiter.admit("192.0.2.1") == 0
+        limiter.succeeded("192.0.2.1")
+    for _ in range(ratelimit.MAX_FAILURES_PER_CLIENT):
+        assert limiter.admit("192.0.2.1") == 0
+    assert limiter.admit("192.0.2.1") > 0
 
 
 # -- headers ---------------------------------------------------------------------------------
@@ -450,3 +460,10 @@ def test_pem_route_names_the_file_safely(app, client, mail, tmp_path: Path) -> N
     answer = client.get("/ui/pem/" + address)
     assert answer.headers["Content-Disposition"] == 'attachment; filename="o_brien@example.org.pem"'
     assert answer.data == leaf.cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_short_ui_token_is_a_risk_check_config_names(tmp_path) -> None:
+    short = Settings.from_mapping({"ui-token": "letmein"}, tmp_path)
+    assert [key for key, _why in short.risks()] == ["x-messagesystems-webhook-token", "ui-token"]
+    long_enough = Settings.from_mapping({"ui-token": UI_TOKEN}, tmp_path)
+    assert "ui-token" not in dict(long_enough.risks())

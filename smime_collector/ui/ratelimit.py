@@ -48,22 +48,29 @@ class SignInLimiter:
         self._map = mmap.mmap(self._file.fileno(), _SLOT.size * (SLOTS + 1), mmap.MAP_SHARED)
         self._threads = threading.Lock()  # lockf does not exclude threads of one process
 
-    def retry_after(self, client: str) -> int:
-        """Seconds until ``client`` may try again, or 0 when it may now."""
+    def admit(self, client: str) -> int:
+        """Seconds until ``client`` may try again (0: now, and this try is counted as a
+        failure until :meth:`succeeded` says otherwise). Checking and counting are one step,
+        so workers answering at the same moment cannot let more tries through than the limit."""
         now = int(self.clock())
-        checks = ((self._slot(client), MAX_FAILURES_PER_CLIENT), (SLOTS, MAX_FAILURES_TOTAL))
+        slots = ((self._slot(client), MAX_FAILURES_PER_CLIENT), (SLOTS, MAX_FAILURES_TOTAL))
         with self._locked():
-            return max(self._wait(index, limit, now) for index, limit in checks)
-
-    def failed(self, client: str) -> None:
-        """Count one failed sign-in of ``client``."""
-        now = int(self.clock())
-        with self._locked():
-            for index in (self._slot(client), SLOTS):
+            wait = max(self._wait(index, limit, now) for index, limit in slots)
+            if wait:
+                return wait
+            for index, _limit in slots:
                 start, count = self._read(index)
                 if now - start >= WINDOW_SECONDS:
                     start, count = now, 0
                 self._write(index, start, count + 1)
+        return 0
+
+    def succeeded(self, client: str) -> None:
+        """The try :meth:`admit` counted was the right token: it was no failure."""
+        with self._locked():
+            for index in (self._slot(client), SLOTS):
+                start, count = self._read(index)
+                self._write(index, start, max(count - 1, 0))
 
     def _wait(self, index: int, limit: int, now: int) -> int:
         start, count = self._read(index)

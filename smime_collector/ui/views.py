@@ -112,7 +112,7 @@ def login() -> Response | tuple[str, int] | str:
         return render_template("ui/login.html", next=next_page, problem=None)
     client = request.remote_addr or "unknown"
     limiter = ui_state().limiter
-    wait = limiter.retry_after(client)
+    wait = limiter.admit(client)
     if wait:
         problem = f"Too many failed sign-ins. Try again in {wait // 60 + 1} minutes."
         page = render_template("ui/login.html", next=next_page, problem=problem)
@@ -120,8 +120,8 @@ def login() -> Response | tuple[str, int] | str:
     if not token_ok(request.form.get("token", "")):
         # The form again with the problem, as a 200: it is a page to read, not an error of the
         # page (a 401 would also need an HTTP authentication scheme this form does not use).
-        limiter.failed(client)
         return render_template("ui/login.html", next=next_page, problem="Wrong token."), 200
+    limiter.succeeded(client)
     sign_in()
     return redirect(next_page, 303)
 
