@@ -22,7 +22,11 @@ import pytest
 
 import smime_collector
 from smime_collector.cli import COMMANDS
+from smime_collector.store import FolderStore
+from tests import pki
+from tests.conftest import write_ini
 from tests.helpers import run_cli
+from tests.mailfactory import MailFactory
 from tests.paths import REPO, SHARED, THUNDERBIRD
 from tests.servers import free_port
 
@@ -121,3 +125,29 @@ def test_the_readme_smtpd_command_serves_and_stops_on_sigterm(tmp_path) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0
+
+
+def test_recheck_matches_the_seeds_flag(tmp_path, dns_server) -> None:
+    """Both validate the stored certificates again and print the same lines."""
+    mail = MailFactory.create(dns_server, tmp_path)
+    ini = write_ini(
+        tmp_path / "webapp.ini",
+        {
+            "user-certs-dir": "certs",
+            "log-file": "webapp.log",
+            "trusted-certs": str(mail.ca_file),
+            "revocation-fetch": "no",
+        },
+    )
+    store = FolderStore(tmp_path / "certs")
+    for address in ("ann@example.org", "ben@example.org"):
+        assert store.save(address, pki.make_leaf(mail.root, address, key_type="ec").cert).changed
+    lines = readme_command(".venv/bin/smime-collector recheck --config webapp.ini --json")
+    new = subprocess.run(lines, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    old = run_cli("--config", ini.name, "--recheck", "--json", cwd=tmp_path)
+    assert (new.returncode, new.stdout) == (old.returncode, old.stdout)
+    assert [json.loads(line)["email"] for line in new.stdout.splitlines()] == [
+        "ann@example.org",
+        "ben@example.org",
+    ]
+    assert ",recheck,INFO," in (tmp_path / "webapp.log").read_text()
