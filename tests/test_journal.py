@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 
 from smime_collector.journal import MAX_DETAIL_CHARS, JournalEntry
 from smime_collector.store import FolderStore, StoreStats
@@ -231,3 +232,19 @@ def test_history_lists_replaced_certificates_newest_first(tmp_path, mail) -> Non
     assert [h.event for h in history] == ["replaced", "replaced"]
     assert store.history("other@example.org") == []
     assert store.history("../etc@example.org") == []
+
+
+def test_a_revoked_certificate_leaves_the_index_and_shows_in_history(tmp_path, mail) -> None:
+    store = FolderStore(tmp_path / "certs")
+    leaf = pki.make_leaf(mail.root, "rex@example.org", key_type="ec")
+    other = pki.make_leaf(mail.root, "sue@example.org", key_type="ec")
+    store.save("rex@example.org", leaf.cert)
+    store.save("sue@example.org", other.cert)
+    assert store.stats().count == 2
+    store.mark_revoked("rex@example.org", leaf.cert, "revoked by the CA")
+    assert [e.email for e in store.list()] == ["sue@example.org"]  # its file is still there
+    assert store.stats().count == 1
+    assert store.retire_revoked("rex@example.org", leaf.cert, "revoked by the CA")
+    (entry,) = store.history("rex@example.org")
+    assert (entry.event, entry.sha256) == ("revoked", leaf.cert.fingerprint(hashes.SHA256()).hex())
+    assert entry.at is not None and abs(entry.at - datetime.now(UTC)) < timedelta(minutes=5)
