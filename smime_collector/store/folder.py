@@ -91,7 +91,7 @@ class FolderStore:
 
     def __init__(self, folder: Path, retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
         self.folder = folder
-        self.index = FolderIndex(folder, folder / HISTORY, self._listed_as_revoked)
+        self.index = FolderIndex(folder, folder / HISTORY, REVOKED_SUFFIX)
         self.journal = FolderJournal(folder, retention_days)
 
     def unsafe(self, address: str) -> str | None:
@@ -173,10 +173,6 @@ class FolderStore:
 
     def _marker(self, address: str, cert: x509.Certificate) -> Path:
         return self.folder / HISTORY / f"{address.lower()}.{fingerprint(cert)}{REVOKED_SUFFIX}"
-
-    def _listed_as_revoked(self, entry: Entry) -> bool:
-        """A current file whose certificate has a revoked marker is never listed."""
-        return (self.folder / HISTORY / f"{entry.email}.{entry.sha256}{REVOKED_SUFFIX}").exists()
 
     def is_revoked(self, address: str, cert: x509.Certificate) -> bool:
         """Whether ``cert`` was found revoked for ``address`` (it has a marker)."""

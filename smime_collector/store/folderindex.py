@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -32,12 +31,11 @@ _FileKey = tuple[int, int, int]  # inode, mtime_ns, size
 class FolderIndex:
     """The entries of ``<address>.crt`` files in a folder, sorted by address."""
 
-    def __init__(
-        self, folder: Path, history: Path, revoked: Callable[[Entry], bool] = lambda e: False
-    ) -> None:
+    def __init__(self, folder: Path, history: Path, marker_suffix: str) -> None:
         self.folder = folder
         self.history = history
-        self.revoked = revoked
+        #: ``<history>/<address>.<sha256><marker_suffix>`` says a certificate was revoked.
+        self.marker_suffix = marker_suffix
         self._files: dict[str, tuple[_FileKey, Entry | None]] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._settled = False
@@ -80,8 +78,19 @@ class FolderIndex:
                 known = self._files.get(name)
                 files[name] = known if known and known[0] == key else (key, _read(item.path, name))
         self._files = files
-        live = (e for _key, e in files.values() if e and not self.revoked(e))
+        markers = self._markers()
+        live = (
+            e
+            for _key, e in files.values()
+            if e and f"{e.email}.{e.sha256}{self.marker_suffix}" not in markers
+        )
         self._sorted = sorted(live, key=lambda e: e.email)
+
+    def _markers(self) -> set[str]:
+        try:
+            return {n for n in os.listdir(self.history) if n.endswith(self.marker_suffix)}
+        except FileNotFoundError:
+            return set()
 
 
 def _read(path: str, name: str) -> Entry | None:
