@@ -13,8 +13,9 @@ import pytest
 import smime_collector
 from smime_collector.config import DEFAULTS, Settings
 from smime_collector.resources import SHIPPED_BUNDLE
-from smime_collector.trust import TrustAnchors, fingerprint, sidecar_path
+from smime_collector.trust import TrustAnchors, fingerprint, load_anchors, sidecar_path
 from tests import pki
+from tests.paths import REPO
 from webapp import create_app
 
 NOW = datetime.now(UTC)
@@ -132,3 +133,13 @@ def test_anchors_are_not_reread_per_request(tmp_path, roots) -> None:
     first = anchors.current()
     _bundle(bundle, *roots)
     assert anchors.current() is first
+
+
+def test_the_checkout_keeps_the_bundle_at_its_old_path(tmp_path) -> None:
+    """``trusted-certs = smime-ca-bundle.pem`` in a checkout's webapp.ini (1.0's default) still
+    finds the shipped bundle and its distrust-after sidecar."""
+    settings = Settings.from_mapping({"trusted-certs": "smime-ca-bundle.pem"}, REPO, "test")
+    old = load_anchors(list(settings.trusted_certs))
+    shipped = load_anchors(list(Settings.from_mapping({}, tmp_path, "test").trusted_certs))
+    assert len(old) == len(shipped) > 100
+    assert old.distrust_after == shipped.distrust_after != {}
