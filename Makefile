@@ -27,8 +27,9 @@ lock: $(BIN)/.installed
 
 # Debian packages the tests drive as real programs, installed when missing (CI runs as root):
 # logrotate for the log rotation test, nginx for the slow-client test (contrib/nginx), swaks
-# as a real SMTP/LMTP client for the SMTP door, chromium for the operator page's browser tests.
-SYSTEM_PACKAGES := logrotate nginx-light swaks chromium
+# as a real SMTP/LMTP client for the SMTP door, chromium for the operator page's browser tests,
+# postgresql for the database store's tests (a throwaway cluster started by the suite).
+SYSTEM_PACKAGES := logrotate nginx-light swaks chromium postgresql
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .system-deps: Makefile

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-SECTION_ORDER = ("in-process", "revocation", "http", "scaling", "big", "memory")
+SECTION_ORDER = ("in-process", "revocation", "http", "scaling", "big", "memory", "stores")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Sections run in this order, sharing one corpus, one loopback DNS server and (for the HTTP
 parts) one gunicorn: in-process, http, scaling by batch size, memory (of those gunicorn
-workers), scaling by trust bundle and store size, the big message. A failing section is
+workers), scaling by trust bundle and store size, the big message, then the two stores (with
+their own servers and a throwaway PostgreSQL). A failing section is
 reported as an error and the others still run; servers are stopped by pid in every case.
 """
 
@@ -30,10 +31,11 @@ from bench.procfs import children, process_memory
 from bench.profiling import profile_passes
 from bench.report import Report, at_least, at_most, mb, ms, rate, us
 from bench.scaling import LoadPlan, batch_sizes, store_sizes, trust_sizes
+from bench.stores import cluster, listings, new_database, throughput
 from bench.workspace import Workspace, workspace
 from tests.servers import Gunicorn
 
-SECTIONS = ("in-process", "revocation", "http", "scaling", "big", "memory")
+SECTIONS = ("in-process", "revocation", "http", "scaling", "big", "memory", "stores")
 WORKERS = 2
 
 
@@ -49,6 +51,8 @@ class Params:
     store_sizes: tuple[int, int]
     scaling_repeats: int = 3
     big_size: int = 20_000_000
+    listing_size: int = 100_000
+    store_rounds: int = 2
     http_configs: tuple[tuple[int, int], ...] = ((1, 8), (1, 32), (10, 8), (10, 32))
 
 
@@ -62,6 +66,8 @@ QUICK = Params(
     batches={1: LoadPlan(8, 200, 3.0), 10: LoadPlan(8, 30, 3.0), 100: LoadPlan(8, 8, 10.0)},
     trust_sizes=(150, 1500),
     store_sizes=(1_000, 10_000),
+    listing_size=10_000,
+    store_rounds=1,
 )
 FULL = Params(
     name="full",
@@ -477,6 +483,83 @@ def section_memory(b: Bench) -> None:
     }
 
 
+def section_stores(b: Bench) -> None:
+    say(
+        "stores: HTTP load against the folder and PostgreSQL, then listing "
+        f"{b.params.listing_size:,} certificates from each ..."
+    )
+    sec, r = "stores", b.report
+    with cluster() as postgres:
+        runs = throughput(
+            b.ws,
+            new_database(postgres),
+            b.params.http_requests,
+            b.params.http_seconds,
+            b.params.store_rounds,
+            WORKERS,
+        )
+        found = listings(b.ws, new_database(postgres), b.params.listing_size, 3)
+    for backend in ("folder", "postgresql"):
+        warm = runs.warm_up[backend]
+        r.add(
+            sec,
+            f"{backend}: first pass (stored), 1-msg batches, 8 clients",
+            f"{rate(warm.rps)}, p99 {ms(warm.percentile(99))}",
+            warm.rps,
+        )
+        best_run = runs.best(backend)
+        r.add(
+            sec,
+            f"{backend}: 1-msg batches, 8 clients: requests/s (best of {len(runs.runs[backend])})",
+            rate(best_run.rps),
+            best_run.rps,
+        )
+        r.add(
+            sec,
+            f"{backend}: latency p50 / p99",
+            f"{ms(best_run.percentile(50))} / {ms(best_run.percentile(99))}",
+            best_run.percentile(99),
+        )
+        errors = sum(run.errors for run in runs.runs[backend]) + warm.errors
+        r.add(sec, f"{backend}: errors (not 200)", str(errors), errors, at_most(0, "0"))
+    ratio = runs.best("postgresql").rps / runs.best("folder").rps
+    r.add(
+        sec,
+        "postgresql ÷ folder throughput",
+        f"{ratio:.2f}x",
+        ratio,
+        at_least(0.8, "≥ 0.80x"),
+    )
+    for backend, listing in found.items():
+        label = f"{backend}: GET /certs, {listing.size:,} certificates"
+        warm_best = min(listing.warm)
+        r.add(
+            sec,
+            f"{label} ({mb(listing.payload_bytes)})",
+            f"{ms(warm_best)} (first {ms(listing.first)})",
+            warm_best,
+            at_most(1.0, "< 1 s"),
+        )
+        r.add(
+            sec,
+            f"{backend}: GET /certs right after a write",
+            ms(listing.after_write),
+            listing.after_write,
+            at_most(1.0, "< 1 s"),
+        )
+        r.add(sec, f"{backend}: GET /certs?expiring-within=30d", ms(listing.expiring))
+    b.report.details[sec] = {
+        "throughput": {
+            backend: {
+                "warm_up": _load_dict(runs.warm_up[backend]),
+                "runs": [_load_dict(run) for run in runs.runs[backend]],
+            }
+            for backend in runs.runs
+        },
+        "listing": {backend: listing.__dict__ for backend, listing in found.items()},
+    }
+
+
 STEPS: tuple[tuple[str, Callable[[Bench], None]], ...] = (
     ("in-process", section_in_process),
     ("revocation", section_revocation),
@@ -486,6 +569,7 @@ STEPS: tuple[tuple[str, Callable[[Bench], None]], ...] = (
     ("scaling", section_scaling_trust),
     ("scaling", section_scaling_store),
     ("big", section_big),
+    ("stores", section_stores),
 )
 
 

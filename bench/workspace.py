@@ -53,24 +53,28 @@ class Workspace:
             self._bundles[roots] = path
         return self._bundles[roots]
 
-    def write_ini(self, name: str, roots: int, log_level: str = "INFO") -> Path:
-        """``<name>/webapp.ini`` with ``certs``, ``webapp.log`` and the bundle beside it."""
+    def write_ini(
+        self, name: str, roots: int, log_level: str = "INFO", extra: dict[str, str] | None = None
+    ) -> Path:
+        """``<name>/webapp.ini`` with ``certs``, ``webapp.log`` and the bundle beside it;
+        ``extra`` keys are added or override."""
         folder = self.path(name, "webapp.ini").parent
         bundle = self.bundle(roots)
         shutil.copyfile(bundle, folder / "bundle.pem")
         ini = folder / "webapp.ini"
-        ini.write_text(
-            "[webapp]\n"
-            f"x-messagesystems-webhook-token = {TOKEN}\n"
-            "user-certs-dir = certs\n"
-            "trusted-certs = bundle.pem\n"
-            "log-file = webapp.log\n"
-            f"log-level = {log_level}\n"
-            "dkim = require\n"
-            "dkim-alignment = relaxed\n"
-            f"dns-nameservers = {self.dns.nameserver}\n"
-            "dns-timeout = 5\n"
-        )
+        values = {
+            "x-messagesystems-webhook-token": TOKEN,
+            "user-certs-dir": "certs",
+            "trusted-certs": "bundle.pem",
+            "log-file": "webapp.log",
+            "log-level": log_level,
+            "dkim": "require",
+            "dkim-alignment": "relaxed",
+            "dns-nameservers": self.dns.nameserver,
+            "dns-timeout": "5",
+            **(extra or {}),
+        }
+        ini.write_text("[webapp]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
         return ini
 
     def settings(self, name: str, roots: int = 150) -> Settings:

@@ -40,7 +40,11 @@ def check_config(config: str | None, out: TextIO) -> int:
         results.append(("trusted-certs", True, f"{len(anchors)} trust anchors loaded"))
     except TrustError as exc:
         results.append(("trusted-certs", False, str(exc)))
-    store = open_store(settings).health()  # the probe /healthz uses too
+    opened = open_store(settings)
+    try:
+        store = opened.health()  # the probe /healthz uses too
+    finally:
+        opened.close()
     results.append(("store", store.ok, store.detail))
     results.append(_check_log_writable(settings.log_file))
     results.append(_check_dns(settings))

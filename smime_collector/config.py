@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from smime_collector import resources
 
@@ -167,6 +168,40 @@ def positive(kind: type[int] | type[float]) -> Reader:
     return read
 
 
+def database_url(name: str, raw: str, ctx: Context) -> str:
+    """``postgresql://user@host:port/dbname`` (or empty): checked here, so that a typo stops
+    start-up with one line instead of every message failing with ``store-error``."""
+    raw = raw.strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"{ctx.source}: {name} must look like postgresql://user@host:port/dbname, "
+            f"not a {parts.scheme or 'scheme-less'} URL"
+        )
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ConfigError(f"{ctx.source}: {name} has a bad port") from None
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{ctx.source}: {name} must name the database (.../dbname)")
+    return raw
+
+
+def file_contents(name: str, raw: str, ctx: Context) -> str:
+    """The text of the file ``raw`` names (surrounding whitespace dropped), read once at
+    start-up: for a secret whose only key is its file (``database-password-file``)."""
+    if not raw.strip():
+        return ""
+    source = _resolve(raw.strip(), ctx)
+    try:
+        return source.read_text("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"{ctx.source}: {name}: cannot read {source}: {reason}") from None
+
+
 def instant(name: str, raw: str, ctx: Context) -> datetime | None:
     raw = raw.strip()
     if not raw or raw.lower() == "now":
@@ -260,7 +295,12 @@ class Settings:
     """Every configuration key of the service, each declared once with :func:`key`."""
 
     webhook_token: str = key("x-messagesystems-webhook-token", "", text, secret=True)
+    store: str = key("store", "folder", choice("folder", "postgresql"))
     user_certs_dir: Path = key("user-certs-dir", "certs", path)
+    database_url: str = key("database-url", "", database_url)
+    #: The password itself, read from the file ``database-password-file`` names.
+    database_password: str = key("database-password-file", "", file_contents)
+    database_pool_size: int = key("database-pool-size", "4", positive(int))
     trusted_certs: tuple[Path, ...] = key("trusted-certs", resources.SHIPPED_BUNDLE_NAME, bundles)
     log_file: Path | None = key("log-file", "webapp.log", log_target)
     log_level: str = key(
@@ -334,7 +374,9 @@ class Settings:
                 else ("smtp-tls-key", "smtp-tls-cert")
             )
             raise ConfigError(f"{source}: {given} is set but {missing} is not: STARTTLS needs both")
-        return cls(**kwargs)
+        settings = cls(**kwargs)
+        _check_together(settings, ctx)
+        return settings
 
     def risks(self) -> list[tuple[str, str]]:
         """Settings that are legal but dangerous in production: (key, why), for
@@ -383,6 +425,12 @@ class Settings:
                 )
             )
         return found
+
+
+def _check_together(settings: Settings, ctx: Context) -> None:
+    """Rules that involve more than one key."""
+    if settings.store == "postgresql" and not settings.database_url:
+        raise ConfigError(f"{ctx.source}: store = postgresql needs database-url")
 
 
 def keys() -> list[Key]:

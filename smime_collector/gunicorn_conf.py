@@ -23,7 +23,7 @@ if _own_metrics_dir:
 
 from smime_collector.config import ConfigError, load_settings  # noqa: E402
 from smime_collector.serving import server_options  # noqa: E402
-from smime_collector.store import open_store  # noqa: E402
+from smime_collector.store import StoreUnavailable, open_store  # noqa: E402
 from smime_collector.trust import TrustError, load_anchors  # noqa: E402
 from smime_collector.ui import ratelimit  # noqa: E402
 
@@ -57,10 +57,18 @@ try:
     _options = server_options(os.environ)
     _settings = load_settings()
     load_anchors(list(_settings.trusted_certs))
-    _store = open_store(_settings).health()
+    # Creates the folder, or creates and migrates the database schema (under an advisory lock,
+    # so hosts starting together do not race), then checks the store can be written. Nothing
+    # stays open: each worker opens its own connections after the fork.
+    _opened = open_store(_settings)
+    try:
+        _opened.prepare()
+        _store = _opened.health()
+    finally:
+        _opened.close()
     if not _store.ok:
         _stop(_store.detail)
-except (ConfigError, TrustError, OSError) as exc:
+except (ConfigError, TrustError, OSError, StoreUnavailable) as exc:
     _stop(str(exc))
 
 bind = _options.bind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
@@ -9,7 +10,9 @@ from flask import Blueprint, Response, jsonify, request
 from smime_collector import __version__, metrics
 from smime_collector.intake.common import bearer_denied, bearer_ok, state
 from smime_collector.lookup import parse_duration, stored_pem
+from smime_collector.store import StoreUnavailable
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("ops", __name__)
 
 
@@ -63,15 +66,27 @@ def certs_list() -> tuple[Response, int]:
         if window is None:
             return jsonify(message="expiring-within must look like 30d, 12h or 90m"), 400
         before = datetime.now(UTC) + window
-    entries = state().collector.store.list(before)
+    try:
+        entries = state().collector.store.list(before)
+    except StoreUnavailable as exc:
+        return store_unavailable(exc)
     return jsonify(certificates=[e.as_dict() for e in entries], count=len(entries)), 200
+
+
+def store_unavailable(exc: StoreUnavailable) -> tuple[Response, int]:
+    """The store cannot answer now: 503, so a caller retries instead of concluding "none"."""
+    log.warning("certificate lookup: store unavailable: %s", exc)
+    return jsonify(message="Certificate store unavailable; retry later"), 503
 
 
 @blueprint.get("/certs/<path:address>")
 def certs_one(address: str) -> Response | tuple[Response, int]:
     if denied := _lookup_denied():
         return denied
-    pem = stored_pem(state().collector.store, address)
+    try:
+        pem = stored_pem(state().collector.store, address)
+    except StoreUnavailable as exc:
+        return store_unavailable(exc)
     if pem is None:
         return jsonify(message="No certificate stored for this address"), 404
     return Response(pem, content_type="application/pem-certificate-chain")

@@ -40,7 +40,7 @@ from smime_collector.smime import (
     verify_signed_data,
 )
 from smime_collector.stages import run_stage
-from smime_collector.store import CertStore, open_store
+from smime_collector.store import CertStore, StoreUnavailable, open_store
 from smime_collector.trust import CORRUPT_CERTIFICATE, TrustAnchors, fingerprint
 from smime_collector.verdict import Check, Outcome, Reason, Verdict
 
@@ -68,7 +68,12 @@ class Collector:
     @classmethod
     def build(cls, settings: Settings, sink: logsetup.LogSink | None = None) -> Collector:
         store = open_store(settings)
-        store.prepare()
+        try:
+            store.prepare()
+        except StoreUnavailable as exc:
+            # A worker (re)started during a database outage still serves: its messages are
+            # tempfail until the database returns, and /healthz says so.
+            log.warning("certificate store unavailable at start: %s", exc)
         return cls(
             settings,
             TrustAnchors(list(settings.trusted_certs)),
@@ -279,10 +284,15 @@ class Collector:
         chain = [chosen.der(c) for c in chosen.path.certs[1:]] if chosen.path else []
         result = self.store.save(address, cert, der=der, chain=chain)
         if result.check.reason == Reason.OLDER_THAN_STORED:
-            revoked = self._stored_revoked(address, signed, at, deadline)
-            if revoked is not None:
-                self.store.mark_revoked(address, *revoked)
-                result = self.store.save(address, cert, current_revoked=True, der=der, chain=chain)
+            try:
+                revoked = self._stored_revoked(address, signed, at, deadline)
+                if revoked is not None:
+                    self.store.mark_revoked(address, *revoked)
+                    result = self.store.save(
+                        address, cert, current_revoked=True, der=der, chain=chain
+                    )
+            except StoreUnavailable as exc:  # the database went away between the two steps
+                return self._reject(Check.retry(Reason.STORE_ERROR, str(exc)), address)
         email = address.lower()
         if not result.check.ok:
             return self._reject(result.check, email)

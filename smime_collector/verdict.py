@@ -98,7 +98,7 @@ class Reason(StrEnum):
     )
     STORE_ERROR = (
         "store-error",
-        "The certificate could not be written (disk full, read-only, permissions).",
+        "The certificate could not be written (disk full, read-only, permissions, database down).",
     )
     INTERNAL_ERROR = (
         "internal-error",

@@ -12,6 +12,7 @@ from tests.dnsserver import LoopbackDNS, load_zone_file
 from tests.httpsserver import HTTPSServer
 from tests.intakes import SNSSigner
 from tests.paths import SPARKY, require_shared
+from tests.postgres import PASSWORD, Postgres
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -32,6 +33,30 @@ def dns(dns_server: LoopbackDNS) -> Iterator[LoopbackDNS]:
     dns_server.mode = "normal"
     yield dns_server
     dns_server.mode = "normal"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, shared by the session (one database per
+    test through ``database``), stopped by pid and deleted at the end."""
+    cluster = Postgres.create()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def database(postgres: Postgres, tmp_path: Path) -> dict[str, str]:
+    """A fresh database: the configuration keys that point a test's collector at it, the
+    password read from a ``database-password-file`` as an operator would set it."""
+    password_file = tmp_path / "database-password"
+    password_file.write_text(PASSWORD + "\n")
+    return {
+        "store": "postgresql",
+        "database-url": postgres.url(postgres.new_database()),
+        "database-password-file": str(password_file),
+    }
 
 
 SettingsFactory = Callable[..., Settings]

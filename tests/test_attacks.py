@@ -17,6 +17,7 @@ import dkim
 import pytest
 
 from smime_collector.pipeline import Collector
+from smime_collector.trust import fingerprint
 from smime_collector.verdict import Outcome, Verdict
 from tests import pki
 from tests.helpers import visible_files
@@ -84,7 +85,8 @@ class Scene:
         assert not self.victim_file.is_symlink()
         assert self.victim_file.read_bytes() == self.victim_pem
         assert visible_files(self.folder) == [self.victim_file.name]
-        assert not (self.folder / ".history").exists()
+        # No certificate was replaced; a refused older one is recorded in the journal only.
+        assert not list((self.folder / ".history").glob("*.crt"))
         assert self.outside_now() == self.before
 
 
@@ -211,6 +213,8 @@ def test_an_older_certificate_replayed_after_a_newer_one(scene, mail, certs) -> 
     raw = mail.signed(VICTIM, signer=certs["victim-old"])
     verdict = scene.attack(raw, "older-than-stored")
     assert verdict.email == VICTIM
+    [entry] = scene.collector.store.history(VICTIM)
+    assert (entry.why, entry.sha256) == ("refused-older", fingerprint(certs["victim-old"].cert))
 
 
 @pytest.mark.parametrize(

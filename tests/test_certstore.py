@@ -1,36 +1,55 @@
-"""The certificate folder, directly through CertStore and through the whole pipeline.
+"""The certificate stores, directly through CertStore and through the whole pipeline.
 
-Durable atomic writes, nothing visible but ``<address>.crt``, planted symlinks, unsafe
-addresses, no downgrade with history, concurrent writers in separate processes, and a read-only
-or full file system (real tmpfs mounts; skipped with the reason where mounting is not allowed).
+Every test of the store's semantics runs on both backends (``backend`` is ``folder`` or
+``postgresql``, a real PostgreSQL started by the session): stored, unchanged, no downgrade
+with complete history (when and why), listings, concurrent writers in separate processes, a
+store that fails. Then what only the folder has: durable atomic writes, nothing visible but
+``<address>.crt``, planted symlinks, file-name safety, the sidecar index, and a read-only or
+full file system (real tmpfs mounts; skipped with the reason where mounting is not allowed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
+import json
 import multiprocessing
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from smime_collector.pipeline import Collector
+from smime_collector.store import (
+    CertStore,
+    FolderStore,
+    HistoryEntry,
+    StoreUnavailable,
+    Why,
+    open_store,
+    schema,
+)
 from smime_collector.store import folder as certstore
-from smime_collector.store.folder import HISTORY, LOCKS, unsafe_address
-from smime_collector.store.folder import FolderStore as CertStore
+from smime_collector.store.folder import HISTORY, INDEX, LOCKS, unsafe_address
 from smime_collector.store.folderjournal import JOURNAL_DIR
+from smime_collector.store.postgres import PostgresStore
 from smime_collector.trust import fingerprint
 from smime_collector.verdict import Outcome
 from tests import pki
 from tests.helpers import post_batch, relay_event, visible_files
 from tests.mailfactory import MailFactory
+from tests.postgres import PASSWORD, Postgres
 from webapp import create_app
 
 ADDRESS = "victim@example.com"
@@ -53,13 +72,45 @@ def make_cert(root: pki.Identity) -> Callable[..., x509.Certificate]:
     return make
 
 
+BACKENDS = ["folder", "postgresql"]
+
+
+def open_backend(spec: tuple[str, str]) -> CertStore:
+    """A store from a picklable spec: ("folder", path) or ("postgresql", url)."""
+    kind, where = spec
+    return FolderStore(Path(where)) if kind == "folder" else PostgresStore(where, PASSWORD)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The spec of an empty store of each kind: a folder, or a fresh PostgreSQL database."""
+    if request.param == "folder":
+        yield "folder", str(tmp_path / "certs")
+    else:
+        cluster: Postgres = request.getfixturevalue("postgres")
+        yield "postgresql", cluster.url(cluster.new_database())
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> CertStore:
-    return CertStore(tmp_path / "certs")
+def any_store(backend) -> Iterator[CertStore]:
+    """An empty store of each kind, prepared as the service prepares it."""
+    store = open_backend(backend)
+    store.prepare()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FolderStore:
+    return FolderStore(tmp_path / "certs")
 
 
 def pem_of(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def pem_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def all_names(folder: Path) -> list[str]:
@@ -71,7 +122,7 @@ def assert_clean(folder: Path, addresses: list[str]) -> None:
     """Only ``<address>.crt`` visible; the rest is .history/ and .locks/, no temp files."""
     assert visible_files(folder) == sorted(f"{a}.crt" for a in addresses)
     hidden = {p.name for p in folder.iterdir() if p.name.startswith(".")}
-    assert hidden <= {HISTORY, LOCKS, JOURNAL_DIR}
+    assert hidden <= {HISTORY, LOCKS, INDEX, JOURNAL_DIR}
     assert not [n for n in all_names(folder) if ".tmp-" in n or n.endswith(".tmp")]
 
 
@@ -233,78 +284,272 @@ def test_a_long_address_is_rejected_not_retried_for_ever(store, make_cert) -> No
     assert (result.check.reason, result.check.tempfail) == ("unsafe-address", False)
 
 
-# -- no downgrade ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "address",
+    ["", "a\x00b@example.com", "a\nb@example.com", "a" * 255, "a\ud800b@example.com"],
+    ids=repr,
+)
+def test_addresses_no_backend_holds(any_store, make_cert, address) -> None:
+    result = any_store.save(address, make_cert())
+    assert (result.check.reason, result.check.tempfail) == ("unsafe-address", False)
+    assert any_store.unsafe(address)
+    assert any_store.list() == []
 
 
-def test_an_older_certificate_does_not_replace_a_newer_one(store, make_cert) -> None:
+def test_the_folder_is_not_rewritten_when_nothing_changes(store, make_cert) -> None:
     newer, older = make_cert(days_ago=1), make_cert(days_ago=30)
     assert store.save(ADDRESS, newer).changed
     path = store.folder / f"{ADDRESS}.crt"
     before = path.stat()
-    result = store.save(ADDRESS, older)
+    assert store.save(ADDRESS, older).check.reason == "older-than-stored"
+    assert not store.save(ADDRESS.upper(), newer).changed
+    assert path.read_bytes() == pem_of(newer)
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    history = store.folder / HISTORY
+    assert [p.name for p in history.iterdir()] == [f"{ADDRESS}.jsonl"], "no copy of refusals"
+    assert_clean(store.folder, [ADDRESS])
+
+
+def test_replaced_certificates_are_kept_as_files_beside_the_journal(store, make_cert) -> None:
+    first, second, third = (make_cert(days_ago=d) for d in (30, 10, 1))
+    for cert in (first, second, third):
+        assert store.save(ADDRESS, cert).changed
+    assert (store.folder / f"{ADDRESS}.crt").read_bytes() == pem_of(third)
+    history = store.folder / HISTORY
+    assert sorted(p.name for p in history.glob("*.crt")) == sorted(
+        f"{ADDRESS}.{fingerprint(c)}.crt" for c in (first, second)
+    )
+    for cert in (first, second):
+        assert (history / f"{ADDRESS}.{fingerprint(cert)}.crt").read_bytes() == pem_of(cert)
+    journal = [json.loads(line) for line in (history / f"{ADDRESS}.jsonl").read_text().splitlines()]
+    assert [(j["sha256"], j["why"]) for j in journal] == [
+        (fingerprint(first), "replaced"),
+        (fingerprint(second), "replaced"),
+    ]
+    assert_clean(store.folder, [ADDRESS])
+
+
+def test_history_kept_before_the_journal_still_counts(store, make_cert) -> None:
+    """A folder written by an older version: a kept file, no journal; a torn journal line."""
+    old, current = make_cert(days_ago=30), make_cert(days_ago=1)
+    history = store.folder / HISTORY
+    history.mkdir(parents=True)
+    kept = history / f"{ADDRESS}.{fingerprint(old)}.crt"
+    kept.write_bytes(pem_of(old))
+    os.utime(kept, (1_600_000_000, 1_600_000_000))
+    (store.folder / f"{ADDRESS}.crt").write_bytes(pem_of(current))
+    (history / f"{ADDRESS}.jsonl").write_text('{"sha256": "torn')
+    [entry] = store.history(ADDRESS)
+    assert (entry.sha256, entry.why, entry.der) == (fingerprint(old), Why.REPLACED, pem_der(old))
+    assert entry.when == dt.datetime.fromtimestamp(1_600_000_000, dt.UTC)
+
+
+# -- the semantics, on both backends --------------------------------------------------------
+
+
+def test_a_first_certificate_is_stored_where_the_backend_says(any_store, make_cert) -> None:
+    cert = make_cert()
+    assert any_store.get(ADDRESS) is None
+    result = any_store.save(ADDRESS.upper(), cert)
+    assert (result.check.reason, result.changed) == ("ok", True)
+    assert result.location == any_store.location(ADDRESS)
+    expected = (
+        str(any_store.folder / f"{ADDRESS}.crt")
+        if isinstance(any_store, FolderStore)
+        else f"postgresql:{ADDRESS}"
+    )
+    assert result.location == expected
+    assert any_store.get(ADDRESS) == cert
+    assert any_store.get(ADDRESS.upper()) == cert, "addresses match case-insensitively"
+    assert any_store.get("nobody@example.com") is None
+    assert any_store.history(ADDRESS) == []
+
+
+def test_an_older_certificate_does_not_replace_a_newer_one(any_store, make_cert) -> None:
+    newer, older = make_cert(days_ago=1), make_cert(days_ago=30)
+    assert any_store.save(ADDRESS, newer).changed
+    result = any_store.save(ADDRESS, older)
     assert (result.check.reason, result.changed, result.check.tempfail) == (
         "older-than-stored",
         False,
         False,
     )
-    assert path.read_bytes() == pem_of(newer)
-    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert not (store.folder / HISTORY).exists()
+    assert any_store.get(ADDRESS) == newer
+    [entry] = any_store.history(ADDRESS)
+    assert (entry.sha256, entry.why) == (fingerprint(older), Why.REFUSED_OLDER)
+    assert "newer" in entry.detail
+    assert abs(entry.when - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
 
 
-def test_the_same_certificate_again_is_unchanged_and_not_rewritten(store, make_cert) -> None:
+def test_the_same_certificate_again_is_unchanged(any_store, make_cert) -> None:
     cert = make_cert()
-    assert store.save(ADDRESS, cert).changed
-    path = store.folder / f"{ADDRESS}.crt"
-    before = path.stat()
-    result = store.save(ADDRESS.upper(), cert)
-    assert (result.check.reason, result.changed, result.location) == ("ok", False, str(path))
-    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert any_store.save(ADDRESS, cert).changed
+    result = any_store.save(ADDRESS.upper(), cert)
+    assert (result.check.reason, result.changed) == ("ok", False)
+    assert result.location == any_store.location(ADDRESS)
+    assert any_store.history(ADDRESS) == [], "nothing happened, so nothing is recorded"
 
 
-def test_a_newer_certificate_replaces_and_the_old_one_goes_to_history(store, make_cert) -> None:
+def test_newer_certificates_replace_and_the_history_says_when_and_why(any_store, make_cert) -> None:
     first, second, third = (make_cert(days_ago=d) for d in (30, 10, 1))
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     for cert in (first, second, third):
-        result = store.save(ADDRESS, cert)
+        result = any_store.save(ADDRESS, cert)
         assert (result.check.reason, result.changed) == ("ok", True)
-    assert (store.folder / f"{ADDRESS}.crt").read_bytes() == pem_of(third)
-    history = store.folder / HISTORY
-    assert sorted(p.name for p in history.iterdir()) == sorted(
-        f"{ADDRESS}.{fingerprint(c)}.crt" for c in (first, second)
-    )
-    for cert in (first, second):
-        assert (history / f"{ADDRESS}.{fingerprint(cert)}.crt").read_bytes() == pem_of(cert)
-    assert_clean(store.folder, [ADDRESS])
+    assert any_store.save(ADDRESS, second).check.reason == "older-than-stored"
+    assert any_store.get(ADDRESS) == third
+    history = any_store.history(ADDRESS.upper())
+    assert [(e.sha256, e.why) for e in history] == [
+        (fingerprint(first), Why.REPLACED),
+        (fingerprint(second), Why.REPLACED),
+        (fingerprint(second), Why.REFUSED_OLDER),
+    ]
+    assert [e.when for e in history] == sorted(e.when for e in history)
+    assert all(before < e.when < dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5) for e in history)
+    for entry, cert in zip(history[:2], (first, second), strict=True):
+        assert entry.der == cert.public_bytes(serialization.Encoding.DER), "exact DER kept"
+
+
+def test_a_revoked_certificate_is_replaced_even_by_an_older_one(any_store, make_cert) -> None:
+    revoked, older = make_cert(days_ago=1), make_cert(days_ago=30)
+    assert any_store.save(ADDRESS, revoked).changed
+    result = any_store.save(ADDRESS, older, current_revoked=True)
+    assert (result.check.reason, result.changed) == ("ok", True)
+    assert any_store.get(ADDRESS) == older
+    [entry] = any_store.history(ADDRESS)
+    assert (entry.sha256, entry.why) == (fingerprint(revoked), Why.REVOKED)
+
+
+def test_listings_come_sorted_and_filtered_by_expiry(any_store, root) -> None:
+    soon = NOW + dt.timedelta(days=10)
+
+    def cert(address: str, days_left: int, days_ago: float = 1) -> x509.Certificate:
+        return pki.make_leaf(
+            root,
+            address,
+            key_type="ec",
+            cn="",
+            not_before=NOW - dt.timedelta(days=days_ago),
+            not_after=NOW + dt.timedelta(days=days_left),
+        ).cert
+
+    certs = {
+        "zed@example.com": cert("zed@example.com", 400),
+        "amy@example.com": cert("amy@example.com", 5),
+        "bob@example.org": cert("bob@example.org", 30),
+    }
+    for address, c in certs.items():
+        assert any_store.save(address, c).changed
+    listed = any_store.list()
+    assert [e.email for e in listed] == sorted(certs)
+    for entry in listed:
+        c = certs[entry.email]
+        assert entry.sha256 == fingerprint(c)
+        assert entry.issuer == c.issuer.rfc4514_string()
+        assert entry.not_after == c.not_valid_after_utc
+    assert [e.email for e in any_store.list(soon)] == ["amy@example.com"]
+    # amy renews: the listing follows at once
+    renewed = cert("amy@example.com", 365, days_ago=0.5)
+    assert any_store.save("amy@example.com", renewed).changed
+    assert any_store.list(soon) == []
+    assert {e.sha256 for e in any_store.list()} == {
+        fingerprint(c) for c in (certs["zed@example.com"], renewed, certs["bob@example.org"])
+    }
+
+
+def test_restored_history_is_kept_verbatim_and_once(any_store, make_cert) -> None:
+    old, current = make_cert(days_ago=40), make_cert(days_ago=2)
+    when = dt.datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=dt.UTC)
+    entries = [
+        HistoryEntry(fingerprint(old), when, Why.REPLACED, "from elsewhere", pem_der(old)),
+        HistoryEntry("ab" * 32, when + dt.timedelta(days=1), Why.REFUSED_OLDER, "no copy"),
+    ]
+    assert any_store.save(ADDRESS, current).changed
+    assert any_store.restore_history(ADDRESS, entries) == 2
+    assert any_store.restore_history(ADDRESS, entries) == 0, "a second import adds nothing"
+    history = any_store.history(ADDRESS)
+    assert [e.key for e in history] == [e.key for e in entries]
+    assert history[0].when == when and history[0].der == pem_der(old)
+    assert any_store.get(ADDRESS) == current
+
+
+def test_dump_holds_everything_in_address_order(any_store, make_cert) -> None:
+    a, b = "a@example.com", "b@example.com"
+    old_a, new_a, only_b = make_cert(a, days_ago=9), make_cert(a, days_ago=1), make_cert(b)
+    for address, cert in ((b, only_b), (a, old_a), (a, new_a)):
+        assert any_store.save(address, cert).changed
+    records = list(any_store.dump())
+    assert [r.address for r in records] == [a, b]
+    assert records[0].current == pem_der(new_a) and records[1].current == pem_der(only_b)
+    assert [(e.sha256, e.why, e.der) for e in records[0].history] == [
+        (fingerprint(old_a), Why.REPLACED, pem_der(old_a))
+    ]
+    assert records[1].history == []
+
+
+def test_open_store_follows_the_store_key(make_settings, database) -> None:
+    assert isinstance(open_store(make_settings()), FolderStore)
+    store = open_store(make_settings(**database))
+    assert isinstance(store, PostgresStore) and store.kind == "postgresql"
+    assert PASSWORD not in store.description, "the password never shows in messages"
+    store.prepare()
+    try:
+        assert store.health().ok, store.health().detail
+    finally:
+        store.close()
+
+
+def test_a_failing_store_is_store_error_never_a_verdict(backend, tmp_path, make_cert) -> None:
+    """A folder that is a file, or a database nobody listens for: retry, and /healthz knows."""
+    if backend[0] == "folder":
+        blocker = tmp_path / "not-a-folder"
+        blocker.write_text("")
+        broken: CertStore = FolderStore(blocker / "certs")
+    else:
+        with socket.socket() as sock:  # a port that refuses connections
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        broken = PostgresStore(f"postgresql://collector@127.0.0.1:{port}/nothing", PASSWORD)
+    try:
+        result = broken.save(ADDRESS, make_cert())
+        assert (result.check.reason, result.check.tempfail) == ("store-error", True)
+        health = broken.health()
+        assert (health.ok, health.reason, health.tempfail) == (False, "store-error", True)
+        assert PASSWORD not in health.detail
+    finally:
+        broken.close()
 
 
 # -- concurrent writers ---------------------------------------------------------------------
 
 
-def _store_worker(folder: str, address: str, pem: bytes, barrier, results) -> None:
+def _store_worker(spec: tuple[str, str], address: str, pem: bytes, barrier, results) -> None:
     """Runs in a spawned process: wait for the others, then store one certificate."""
     cert = x509.load_pem_x509_certificate(pem)
-    store = CertStore(Path(folder))
+    store = open_backend(spec)
     barrier.wait(timeout=60)
     result = store.save(address, cert)
+    store.close()
     results.put((pem, result.check.reason, result.changed))
 
 
-def test_concurrent_writers_leave_one_whole_file_and_history(store, make_cert) -> None:
+def test_concurrent_writers_leave_the_newest_and_complete_history(backend, make_cert) -> None:
     count = 8
     certs = [make_cert(days_ago=day) for day in range(1, count + 1)]  # distinct notBefore
     pems = [pem_of(c) for c in certs]
+    open_backend(backend).prepare()  # as gunicorn's master does before the workers start
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(count), ctx.Queue()
     workers = [
-        ctx.Process(target=_store_worker, args=(str(store.folder), ADDRESS, pem, barrier, results))
+        ctx.Process(target=_store_worker, args=(backend, ADDRESS, pem, barrier, results))
         for pem in pems
     ]
     for worker in workers:
         worker.start()
-    path = store.folder / f"{ADDRESS}.crt"
+    path = Path(backend[1]) / f"{ADDRESS}.crt"
     try:
-        while any(w.is_alive() for w in workers):  # a reader never sees a torn file
-            try:
+        while backend[0] == "folder" and any(w.is_alive() for w in workers):
+            try:  # a reader of the folder never sees a torn file
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
@@ -318,12 +563,23 @@ def test_concurrent_writers_leave_one_whole_file_and_history(store, make_cert) -
     refused = {pem for pem, reason, _ in outcomes if reason == "older-than-stored"}
     assert stored | refused == set(pems) and not stored & refused
     newest = pems[0]
-    assert path.read_bytes() == newest, "the newest certificate wins whatever the order"
-    assert newest in stored
-    history = store.folder / HISTORY
-    kept = {p.read_bytes() for p in history.iterdir()} if history.exists() else set()
-    assert kept == stored - {newest}, "every replaced certificate is in the history"
-    assert_clean(store.folder, [ADDRESS])
+    store = open_backend(backend)
+    try:
+        assert pem_of(store.get(ADDRESS)) == newest, "the newest certificate wins in any order"
+        assert newest in stored
+        history = store.history(ADDRESS)
+    finally:
+        store.close()
+    by_sha = {fingerprint(c): pem_of(c) for c in certs}
+    replaced = {by_sha[e.sha256] for e in history if e.why is Why.REPLACED}
+    assert replaced == stored - {newest}, "every replaced certificate is in the history"
+    assert sorted(by_sha[e.sha256] for e in history if e.why is Why.REFUSED_OLDER) == sorted(
+        refused
+    ), "every refusal is in the history, once"
+    if backend[0] == "folder":
+        kept = {p.read_bytes() for p in (Path(backend[1]) / HISTORY).glob("*.crt")}
+        assert kept == stored - {newest}
+        assert_clean(Path(backend[1]), [ADDRESS])
 
 
 # -- through the pipeline -------------------------------------------------------------------
@@ -335,12 +591,24 @@ def mail(dns_server, tmp_path_factory: pytest.TempPathFactory) -> MailFactory:
 
 
 @pytest.fixture
-def make_collector(make_settings, mail) -> Callable[..., Collector]:
+def make_collector(make_settings, mail) -> Iterator[Callable[..., Collector]]:
+    """Collectors as the service builds them; their stores are closed after the test."""
+    built: list[Collector] = []
+
     def build(**overrides: str) -> Collector:
         settings = make_settings(trusted_certs=str(mail.ca_file), **overrides)
-        return create_app(settings).extensions["smime_collector"].collector
+        built.append(create_app(settings).extensions["smime_collector"].collector)
+        return built[-1]
 
-    return build
+    yield build
+    for collector in built:
+        collector.store.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_keys(request) -> dict[str, str]:
+    """Configuration keys selecting each backend (a fresh database for postgresql)."""
+    return {} if request.param == "folder" else request.getfixturevalue("database")
 
 
 def test_pipeline_rejects_an_unsafe_address_and_writes_nothing(
@@ -365,8 +633,17 @@ def test_pipeline_rejects_an_unsafe_address_and_writes_nothing(
     } | {"certs"}
 
 
-def test_pipeline_history_through_messages(make_collector, mail) -> None:
-    collector = make_collector()
+def test_the_database_holds_what_the_folder_cannot_name(make_collector, mail, database) -> None:
+    """File-name safety is the folder's: the database stores ``a/b@...`` like any address."""
+    address = "a/b@example.com"
+    collector = make_collector(**database)
+    verdict = collector.read_smime_email(mail.signed(address))
+    assert (verdict.outcome, verdict.location) == (Outcome.STORED, f"postgresql:{address}")
+    assert collector.store.get(address) == mail.identity(address).cert
+
+
+def test_pipeline_history_through_messages(make_collector, mail, backend_keys) -> None:
+    collector = make_collector(**backend_keys)
     old = mail.leaf(ADDRESS, NOW - dt.timedelta(days=20))
     new = mail.leaf(ADDRESS, NOW - dt.timedelta(days=2))
     verdicts = [
@@ -379,11 +656,20 @@ def test_pipeline_history_through_messages(make_collector, mail) -> None:
         ("stored", "ok"),
         ("rejected", "older-than-stored"),
     ]
-    folder = collector.store.folder
-    assert (folder / f"{ADDRESS}.crt").read_bytes() == new.cert_pem()
-    assert [p.name for p in (folder / HISTORY).iterdir()] == [
-        f"{ADDRESS}.{fingerprint(old.cert)}.crt"
+    store = collector.store
+    assert verdicts[0].location == store.location(ADDRESS)
+    assert store.get(ADDRESS) == new.cert
+    assert [(e.sha256, e.why) for e in store.history(ADDRESS)] == [
+        (fingerprint(old.cert), Why.REPLACED),
+        (fingerprint(old.cert), Why.REFUSED_OLDER),
     ]
+    if isinstance(store, FolderStore):
+        folder = store.folder
+        assert (folder / f"{ADDRESS}.crt").read_bytes() == new.cert_pem()
+        assert sorted(p.name for p in (folder / HISTORY).iterdir()) == [
+            f"{ADDRESS}.{fingerprint(old.cert)}.crt",
+            f"{ADDRESS}.jsonl",
+        ]
 
 
 # -- read-only and full file systems (real tmpfs mounts) -----------------------------------
@@ -458,8 +744,8 @@ def test_read_only_folder_is_store_error_and_503(tmp_path, tmpfs, make_collector
 
 
 def test_disk_full_is_store_error_and_nothing_torn(tmp_path, tmpfs, make_cert) -> None:
-    folder = tmpfs(tmp_path / "certs", "size=64k,mode=0755")
-    store = CertStore(folder)
+    folder = tmpfs(tmp_path / "certs", "size=1m,mode=0755")
+    store = FolderStore(folder)
     old = make_cert(days_ago=20)
     assert store.save(ADDRESS, old).changed
     fill_up(folder)
@@ -478,7 +764,7 @@ def test_disk_full_is_store_error_and_nothing_torn(tmp_path, tmpfs, make_cert) -
 
 
 def test_disk_full_through_the_pipeline_is_503(tmp_path, tmpfs, make_collector, mail) -> None:
-    folder = tmpfs(tmp_path / "certs", "size=64k,mode=0755")
+    folder = tmpfs(tmp_path / "certs", "size=1m,mode=0755")
     collector = make_collector()
     raw = mail.signed("full@example.com")
     fill_up(folder)
@@ -488,3 +774,269 @@ def test_disk_full_through_the_pipeline_is_503(tmp_path, tmpfs, make_collector, 
     assert response.status_code == 503
     (folder / ".filler").unlink()
     assert_clean(folder, [])
+
+
+# -- the folder's sidecar index ---------------------------------------------------------------
+
+
+def listed(store: FolderStore) -> dict[str, str]:
+    return {e.email: e.sha256 for e in store.list()}
+
+
+def test_the_index_follows_changes_made_beside_the_service(store, make_cert) -> None:
+    """Files added, removed or replaced by hand show in the next listing; the index never
+    outlives the files it describes."""
+    a, b, c = "a@example.com", "b@example.com", "c@example.com"
+    cert_a, cert_b, cert_c = make_cert(a), make_cert(b), make_cert(c)
+    assert store.save(a, cert_a).changed and store.save(b, cert_b).changed
+    assert listed(store) == {a: fingerprint(cert_a), b: fingerprint(cert_b)}
+    assert (store.folder / INDEX / "certs.sqlite").is_file()
+    (store.folder / f"{c}.crt").write_bytes(pem_of(cert_c))  # copied in by an operator
+    (store.folder / f"{b}.crt").unlink()
+    newer_a = make_cert(a, days_ago=0.5)
+    tmp = store.folder / "replacement.tmp"
+    tmp.write_bytes(pem_of(newer_a))
+    tmp.rename(store.folder / f"{a}.crt")  # replaced by another tool's atomic write
+    assert listed(store) == {a: fingerprint(newer_a), c: fingerprint(cert_c)}
+
+
+def test_an_edit_in_place_shows_at_the_periodic_full_check(store, make_cert, monkeypatch) -> None:
+    a = "a@example.com"
+    first, second = make_cert(a, days_ago=3), make_cert(a, days_ago=1)
+    assert store.save(a, first).changed
+    assert listed(store) == {a: fingerprint(first)}
+    path = store.folder / f"{a}.crt"
+    with path.open("r+b") as handle:  # same inode: cp over an existing file does this
+        handle.write(pem_of(second))
+        handle.truncate()
+    # The folder's own mtime did not change; the full check every FULL_CHECK_SECONDS finds it.
+    from smime_collector.store import folderindex
+
+    monkeypatch.setattr(folderindex, "FULL_CHECK_SECONDS", 0)
+    assert listed(store) == {a: fingerprint(second)}
+
+
+def test_a_damaged_or_foreign_index_is_rebuilt(store, make_cert) -> None:
+    a = "a@example.com"
+    cert = make_cert(a)
+    assert store.save(a, cert).changed
+    store.close()
+    index = store.folder / INDEX / "certs.sqlite"
+    for name in ("certs.sqlite-wal", "certs.sqlite-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            (store.folder / INDEX / name).unlink()
+    index.write_bytes(b"this is not a database" * 100)
+    fresh = FolderStore(store.folder)
+    assert listed(fresh) == {a: fingerprint(cert)}
+    fresh.close()
+    shutil.rmtree(store.folder / INDEX)
+    again = FolderStore(store.folder)
+    assert listed(again) == {a: fingerprint(cert)}
+    again.close()
+
+
+def test_a_corrupt_certificate_file_is_never_listed(store, make_cert) -> None:
+    good = make_cert()
+    assert store.save(ADDRESS, good).changed
+    (store.folder / "broken@example.com.crt").write_bytes(b"-----BEGIN CERTIFICATE-----\ntorn")
+    assert listed(store) == {ADDRESS: fingerprint(good)}
+
+
+def test_listing_without_a_writable_index_reads_the_files(store, make_cert) -> None:
+    """A folder the index cannot live in (here: ``.index`` is a file) still lists."""
+    cert = make_cert()
+    assert store.save(ADDRESS, cert).changed
+    store.close()
+    shutil.rmtree(store.folder / INDEX)
+    (store.folder / INDEX).write_text("in the way")
+    fresh = FolderStore(store.folder)
+    assert listed(fresh) == {ADDRESS: fingerprint(cert)}
+    assert fresh.save("other@example.com", make_cert("other@example.com")).changed
+    assert set(listed(fresh)) == {ADDRESS, "other@example.com"}
+
+
+def test_listing_parses_only_what_changed(store, make_cert, monkeypatch) -> None:
+    """The index answers; a file is parsed only when it is new or replaced."""
+    from smime_collector.store import folderindex
+
+    certs = {f"u{i}@example.com": make_cert(f"u{i}@example.com") for i in range(20)}
+    for address, cert in certs.items():
+        (store.folder / f"{address}.crt").parent.mkdir(exist_ok=True)
+        (store.folder / f"{address}.crt").write_bytes(pem_of(cert))
+    parsed: list[bytes] = []
+    real = folderindex.x509.load_pem_x509_certificate
+
+    def counting(data: bytes) -> x509.Certificate:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(folderindex.x509, "load_pem_x509_certificate", counting)
+    assert len(store.list()) == 20 and len(parsed) == 20
+    old = time.time() - 10  # out of the racy window, as a folder left alone would be
+    os.utime(store.folder, (old, old))
+    parsed.clear()
+    assert len(store.list()) == 20 and parsed == [], "nothing changed: nothing parsed"
+    assert store.save("new@example.com", make_cert("new@example.com")).changed
+    parsed.clear()
+    assert len(store.list()) == 21 and parsed == [], "the store's own writes are indexed"
+
+
+# -- what only the database has -------------------------------------------------------------
+
+
+@pytest.fixture
+def database_url(postgres: Postgres) -> str:
+    return postgres.url(postgres.new_database())
+
+
+def test_hosts_starting_together_migrate_once(database_url) -> None:
+    """Eight processes prepare one empty database at once: the advisory lock lets one create
+    the schema; the others find it done."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(8) as pool:
+        found = pool.map(_prepare, [database_url] * 8)
+    assert sorted(found) == [0] + [schema.VERSION] * 7
+    with psycopg.connect(database_url, password=PASSWORD) as conn:
+        versions = conn.execute("SELECT version FROM schema_version").fetchall()
+    assert versions == [(v,) for v in range(1, schema.VERSION + 1)]
+
+
+def _prepare(url: str) -> int:
+    with psycopg.connect(url, password=PASSWORD, autocommit=True) as conn:
+        return schema.migrate(conn)
+
+
+def test_a_schema_newer_than_the_code_is_refused(database_url, make_cert) -> None:
+    store = PostgresStore(database_url, PASSWORD)
+    store.prepare()
+    with psycopg.connect(database_url, password=PASSWORD, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (schema.VERSION + 1,))
+    newer_elsewhere = PostgresStore(database_url, PASSWORD)
+    with pytest.raises(StoreUnavailable) as info:
+        newer_elsewhere.prepare()
+    assert "newer than this collector" in str(info.value)
+    result = newer_elsewhere.save(ADDRESS, make_cert())
+    assert (result.check.reason, result.check.tempfail) == ("store-error", True)
+    store.close()
+    newer_elsewhere.close()
+
+
+def test_the_history_table_refuses_changes(database_url, make_cert) -> None:
+    store = PostgresStore(database_url, PASSWORD)
+    store.prepare()
+    store.save(ADDRESS, make_cert(days_ago=9))
+    store.save(ADDRESS, make_cert(days_ago=1))
+    store.close()
+    with psycopg.connect(database_url, password=PASSWORD, autocommit=True) as conn:
+        for statement in (
+            "UPDATE history SET why = 'revoked'",
+            "DELETE FROM history",
+            "TRUNCATE history",
+        ):
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                conn.execute(statement)
+        assert conn.execute("SELECT count(*) FROM history").fetchone() == (1,)
+
+
+def test_a_read_only_database_is_unhealthy(database_url, make_cert) -> None:
+    """What a collector pointed at a standby sees: /healthz fails store, saves tempfail."""
+    name = database_url.rsplit("/", 1)[1]
+    PostgresStore(database_url, PASSWORD).prepare()
+    with psycopg.connect(database_url, password=PASSWORD, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    store = PostgresStore(database_url, PASSWORD)
+    try:
+        health = store.health()
+        assert (health.ok, health.tempfail) == (False, True)
+        assert health.detail.endswith("is read-only (a standby?)"), health.detail
+        result = store.save(ADDRESS, make_cert())
+        assert (result.check.reason, result.check.tempfail) == ("store-error", True)
+    finally:
+        store.close()
+
+
+# -- revocation: exact bytes, issuers, markers, retiring (both backends) ---------------------
+
+
+def test_exact_bytes_and_issuers_are_kept(any_store, make_cert, root) -> None:
+    cert = make_cert()
+    der = pem_der(cert)
+    issuers = [pem_der(root.cert)]
+    assert any_store.save(ADDRESS, cert, der=der, chain=issuers).changed
+    assert any_store.get_der(ADDRESS.upper()) == der
+    assert any_store.chain(ADDRESS) == issuers
+    assert any_store.addresses() == [ADDRESS]
+    assert any_store.get_der("nobody@example.com") is None
+    assert any_store.chain("nobody@example.com") == []
+
+
+def test_a_certificate_found_revoked_is_refused_and_never_listed(any_store, make_cert) -> None:
+    revoked, fresh = make_cert(days_ago=1), make_cert(days_ago=5)
+    assert any_store.save(ADDRESS, revoked).changed
+    assert not any_store.is_revoked(ADDRESS, revoked)
+    any_store.mark_revoked(ADDRESS, revoked, "CRL says so")
+    assert any_store.is_revoked(ADDRESS, revoked)
+    assert any_store.list() == [], "a revoked certificate is never listed"
+    result = any_store.save(ADDRESS, revoked)
+    assert (result.check.reason, result.changed) == ("revoked", False)
+    # its owner's older but valid certificate replaces it (the pipeline's path)
+    assert any_store.save(ADDRESS, fresh, current_revoked=True).changed
+    assert [e.email for e in any_store.list()] == [ADDRESS]
+    assert [(e.sha256, e.why) for e in any_store.history(ADDRESS)] == [
+        (fingerprint(revoked), Why.REVOKED)
+    ]
+
+
+def test_retiring_a_revoked_certificate(any_store, make_cert) -> None:
+    cert, other = make_cert(days_ago=2), make_cert(days_ago=1)
+    assert any_store.save(ADDRESS, cert).changed
+    assert not any_store.retire_revoked(ADDRESS, other, "not the one in place")
+    assert any_store.retire_revoked(ADDRESS, cert, "revoked: keyCompromise")
+    assert any_store.get(ADDRESS) is None and any_store.addresses() == []
+    assert any_store.list() == []
+    assert any_store.is_revoked(ADDRESS, cert)
+    [entry] = any_store.history(ADDRESS)
+    assert (entry.sha256, entry.why, entry.detail) == (
+        fingerprint(cert),
+        Why.REVOKED,
+        "revoked: keyCompromise",
+    )
+    assert entry.der == pem_der(cert)
+    assert any_store.save(ADDRESS, cert).check.reason == "revoked", "never stored again"
+    assert any_store.save(ADDRESS, other).changed, "its owner's next one is welcome"
+    [record] = list(any_store.dump())
+    assert record.current == pem_der(other)
+    assert [e.why for e in record.history] == [Why.REVOKED]
+
+
+def test_a_writer_that_waited_for_the_row_sees_its_new_version(database_url, make_cert) -> None:
+    """Saves lock the address's row; one that waited for another writer must decide against
+    the certificate that writer left, never against "no row" (a join under FOR UPDATE would
+    lose the row on its re-check, and a third writer could then slip in unnoticed)."""
+    old, new = make_cert(days_ago=9), make_cert(days_ago=1)
+    store = PostgresStore(database_url, PASSWORD)
+    store.prepare()
+    assert store.save(ADDRESS, old).changed
+    store.save(ADDRESS, new)  # puts the new certificate's row in place; the address moves on
+    with psycopg.connect(database_url, password=PASSWORD, autocommit=True) as conn:
+        conn.execute("UPDATE addresses SET sha256 = %s", (fingerprint(old),))  # back to old
+    holder = psycopg.connect(database_url, password=PASSWORD)
+    waiter = psycopg.connect(database_url, password=PASSWORD)
+    seen: list[x509.Certificate | None] = []
+    try:
+        holder.execute("SELECT 1 FROM addresses WHERE address = %s FOR UPDATE", (ADDRESS,))
+        holder.execute("UPDATE addresses SET sha256 = %s", (fingerprint(new),))
+        thread = threading.Thread(
+            target=lambda: seen.append(PostgresStore._locked_current(waiter, ADDRESS))
+        )
+        thread.start()
+        thread.join(timeout=1)
+        assert thread.is_alive(), "the second writer waits for the row lock"
+        holder.commit()
+        thread.join(timeout=30)
+        assert seen == [new]
+    finally:
+        waiter.rollback()
+        holder.close()
+        waiter.close()
+        store.close()

@@ -69,6 +69,45 @@ def test_config_errors_name_the_key(tmp_path, values, needle) -> None:
     assert "\n" not in str(caught.value)
 
 
+def test_the_database_keys(tmp_path) -> None:
+    (tmp_path / "pw").write_text("s3cret\n")
+    values = {
+        "store": "PostgreSQL",
+        "database-url": "postgresql://collector@db.example:5433/smime",
+        "database-password-file": "pw",
+    }
+    settings = Settings.from_mapping(values, tmp_path, "test")
+    assert (settings.store, settings.database_url, settings.database_password) == (
+        "postgresql",
+        "postgresql://collector@db.example:5433/smime",
+        "s3cret",
+    )
+    assert settings.database_pool_size == 4
+    env = {"SMIME_COLLECTOR_DATABASE_POOL_SIZE": "8", "SMIME_COLLECTOR_STORE": "folder"}
+    settings = Settings.from_mapping(values, tmp_path, "test", env)
+    assert (settings.store, settings.database_pool_size) == ("folder", 8)
+    assert Settings.from_mapping({}, tmp_path, "test").store == "folder"
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"store": "postgresql"}, "store = postgresql needs database-url"),
+        ({"store": "mysql"}, "store must be one of folder, postgresql"),
+        ({"database-url": "mysql://x@y/z"}, "database-url must look like postgresql://"),
+        ({"database-url": "postgresql://x@y:port/z"}, "database-url has a bad port"),
+        ({"database-url": "postgresql://x@y:5432/"}, "database-url must name the database"),
+        ({"database-password-file": "absent"}, "database-password-file: cannot read"),
+        ({"database-pool-size": "0"}, "database-pool-size must be a positive number"),
+    ],
+)
+def test_database_key_errors_name_the_key(tmp_path, values, needle) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping(values, tmp_path, "test")
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_an_unknown_environment_variable_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigError, match="SMIME_COLLECTOR_METRIC_TOKEN"):
         Settings.from_mapping({}, tmp_path, "test", {"SMIME_COLLECTOR_METRIC_TOKEN": "x"})

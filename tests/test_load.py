@@ -291,4 +291,5 @@ def test_concurrent_relay_load(tmp_path: Path, dns_server: LoopbackDNS, capsys) 
         ".history",
         ".locks",
         ".verdicts",
+        ".index",
     }

@@ -563,3 +563,31 @@ def test_a_verified_answer_is_reused_only_for_the_same_crls(tmp_path) -> None:
     stale = checker.status(path, ders, good, anchors, at + dt.timedelta(days=30), False,
                            Deadline.never())  # fmt: skip
     assert stale.status is Status.UNAVAILABLE  # past the CRLs' nextUpdate: not reused
+
+
+def test_recheck_with_the_database_store(crl_server, tmp_path, database) -> None:
+    """--recheck through the CertStore interface: the same with store = postgresql."""
+    root, inter, alice = crl_pki(crl_server)
+    publish_good(crl_server, root, inter)
+    ini = _ini(tmp_path, root, **database)
+    (tmp_path / "alice.eml").write_bytes(signed_message(alice))
+    code, lines = cli_json("--config", ini, tmp_path / "alice.eml")
+    assert code == 0 and lines[0]["location"] == f"postgresql:{ALICE}"
+    code, states = cli_json("--config", ini, "--recheck")
+    assert (code, [(s["email"], s["state"]) for s in states]) == (0, [(ALICE, "valid")])
+
+    crl_server.publish("inter.crl", crl(inter, [alice.cert]))
+    code, states = cli_json("--config", ini, "--recheck")
+    assert (code, [(s["email"], s["state"]) for s in states]) == (1, [(ALICE, "revoked")])
+    app = create_app(load_settings(ini))
+    collector = app.extensions["smime_collector"].collector
+    try:
+        store = collector.store
+        assert store.get(ALICE) is None and store.is_revoked(ALICE, alice.cert)
+        assert [e.why for e in store.history(ALICE)] == ["revoked"]
+        auth = {"Authorization": "Bearer look"}
+        assert app.test_client().get("/certs", headers=auth).get_json()["count"] == 0
+        verdict = collector.read_smime_email(signed_message(alice))
+        assert (verdict.outcome, verdict.reason) == (Outcome.REJECTED, "revoked")
+    finally:
+        collector.store.close()

@@ -15,10 +15,12 @@ import logging
 import sys
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
 from smime_collector import logsetup
 from smime_collector.checkconfig import check_config, load
+from smime_collector.cli import transfer
 from smime_collector.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
@@ -98,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="judge one message from standard input for Postfix's pipe(8), with --sender, "
         "--recipient and --deadline SECONDS (default 300); exits 0 or 75 only",
     )
+    parser.add_argument(
+        "--export",
+        metavar="DIR",
+        type=Path,
+        help="write the configured store into DIR as a certificate folder, then exit",
+    )
+    parser.add_argument(
+        "--import",
+        dest="import_dir",
+        metavar="DIR",
+        type=Path,
+        help="load the certificate folder DIR into the configured store, then exit",
+    )
     parser.add_argument("files", nargs="*", metavar="EMLFILE", help="files, folders, mbox, Maildir")
     return parser
 
@@ -113,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.config, sys.stdout)
     if args.recheck:
         return run_recheck(args.config, args.json, sys.stdout, parser.prog, "readSMIMEsig")
+    if args.export or args.import_dir:
+        if (args.export and args.import_dir) or args.files:
+            parser.error("--export and --import take no EMLFILE and exclude each other")
+        return transfer.command(args.config, args.export, args.import_dir, args.json, parser.prog)
     if not args.files:
         parser.error("give at least one EMLFILE, folder, mbox or Maildir (or --check-config)")
     return judge_paths(args.files, args.config, args.json, parser.prog, "readSMIMEsig")
@@ -142,6 +161,7 @@ def judge_paths(files: list[str], config: str | None, as_json: bool, prog: str, 
         if progress:
             progress.clear()
         report(source.name, verdict, as_json)
+    collector.store.close()
     if len(verdicts) > 1:
         summary(verdicts, sys.stderr if as_json else sys.stdout)
     return exit_code(verdicts)

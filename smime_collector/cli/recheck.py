@@ -12,9 +12,10 @@ from typing import TextIO
 
 from smime_collector import logsetup, recheck
 from smime_collector.checkconfig import load
-from smime_collector.cli.common import EXIT_USAGE, add_config_argument
+from smime_collector.cli.common import EXIT_TEMPFAIL, EXIT_USAGE, add_config_argument
 from smime_collector.config import ConfigError
 from smime_collector.pipeline import Collector
+from smime_collector.store import StoreUnavailable
 from smime_collector.trust import TrustError
 
 HELP = "validate every stored certificate again as of now; move revoked ones to the history"
@@ -42,13 +43,19 @@ def run_recheck(config: str | None, as_json: bool, out: TextIO, prog: str, entry
         return EXIT_USAGE
     with sink.context():
         log.info("Recheck of %s", collector.store.location("*"))
-        results = recheck.recheck_all(
-            collector.store,
-            collector.anchors.current(),
-            collector.revocation,
-            settings.allow_sha1,
-            datetime.now(UTC),
-        )
+        try:
+            results = recheck.recheck_all(
+                collector.store,
+                collector.anchors.current(),
+                collector.revocation,
+                settings.allow_sha1,
+                datetime.now(UTC),
+            )
+        except StoreUnavailable as exc:
+            print(f"{prog}: store unavailable, run it again: {exc}", file=out)
+            return EXIT_TEMPFAIL
+        finally:
+            collector.store.close()
     for result in results:
         if as_json:
             print(json.dumps(result.as_dict()), file=out, flush=True)

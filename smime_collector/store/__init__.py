@@ -9,8 +9,11 @@ from smime_collector.store.base import (
     Entry,
     HistoryEntry,
     Page,
+    Record,
     StoreResult,
     StoreStats,
+    StoreUnavailable,
+    Why,
     supersede,
 )
 from smime_collector.store.folder import FolderStore
@@ -22,13 +25,26 @@ __all__ = [
     "FolderStore",
     "HistoryEntry",
     "Page",
+    "Record",
     "StoreResult",
     "StoreStats",
+    "StoreUnavailable",
+    "Why",
     "open_store",
     "supersede",
 ]
 
 
 def open_store(settings: Settings) -> CertStore:
-    """The store ``settings`` name. Opening touches nothing; ``health()`` checks it."""
+    """The store ``settings`` name. Opening touches nothing (no folder, no connection);
+    ``prepare()`` creates what it needs and ``health()`` checks it."""
+    if settings.store == "postgresql":
+        from smime_collector.store.postgres import PostgresStore  # psycopg only when used
+
+        return PostgresStore(
+            settings.database_url,
+            settings.database_password,
+            settings.database_pool_size,
+            settings.verdict_retention_days,
+        )
     return FolderStore(settings.user_certs_dir, settings.verdict_retention_days)

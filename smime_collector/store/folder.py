@@ -2,11 +2,24 @@
 
 Writes are atomic and durable (dot-prefixed temp file, fsync, rename, fsync of the folder),
 serialised per address with an ``fcntl`` lock so concurrent workers never tear a file, and never
-downgrade: an older certificate does not replace a newer one, and a replaced certificate is kept
-under ``.history/``. Certificates are written as the exact bytes they arrived in. A revoked one
-moves to ``.history/`` beside a ``.revoked`` marker; ``.chains/`` keeps each certificate's
-issuers for ``--recheck``. Everything the service keeps besides the certificates is
-dot-prefixed.
+downgrade: an older certificate does not replace a newer one. Certificates are written as the
+exact bytes they arrived in. Everything the service keeps besides the certificates is
+dot-prefixed:
+
+- ``.history/<address>.<sha256>.crt``: each replaced or retired certificate (PEM), as the seed
+  kept them;
+- ``.history/<address>.jsonl``: the address's history journal, one JSON object per line
+  (``when``, ``why``, ``sha256``, ``detail``), appended and fsynced under the address's lock;
+  a replaced certificate's file without a journal line (kept before the journal existed) counts
+  as ``replaced`` at the file's mtime;
+- ``.history/<address>.<sha256>.revoked``: the marker of a certificate found revoked (it is
+  never served or stored again);
+- ``.chains/<address>.pem``: the issuers of each current certificate, for ``--recheck``;
+- ``.locks/``: one lock file per address;
+- ``.index/``: the sidecar listing index (``folderindex.py``), a cache rebuilt from the files;
+- ``.verdicts/``: the verdict journal (``folderjournal.py``), kept ``verdict-retention-days``.
+
+The folder layout is also what ``--export`` writes, so file-reading consumers keep working.
 """
 
 from __future__ import annotations
@@ -16,11 +29,13 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,21 +49,32 @@ from smime_collector.store.base import (
     Entry,
     HistoryEntry,
     Page,
+    Record,
     StoreResult,
     StoreStats,
+    StoreUnavailable,
+    Why,
+    address_problem,
     matches,
+    parse_stamp,
     supersede,
 )
-from smime_collector.store.folderindex import FolderIndex
+from smime_collector.store.folderindex import INDEX_DIR, FolderIndex, IndexUnusable
 from smime_collector.store.folderjournal import FolderJournal
 from smime_collector.trust import CORRUPT_CERTIFICATE, fingerprint
 from smime_collector.verdict import Check, Reason
 
-MAX_ADDRESS_LENGTH = 254
+log = logging.getLogger(__name__)
+
 HISTORY = ".history"
 LOCKS = ".locks"
 CHAINS = ".chains"
 REVOKED_SUFFIX = ".revoked"
+INDEX = INDEX_DIR
+JOURNAL = ".jsonl"
+#: A journal line longer than this is not one the store wrote: skipped, never parsed.
+MAX_JOURNAL_LINE = 4096
+_KEPT = re.compile(r"^(?P<address>.+)\.(?P<sha256>[0-9a-f]{64})\.crt$")
 MAX_NAME_BYTES = 255  # NAME_MAX: the longest file name (in bytes) Linux file systems take
 #: The longest name made from an address: ``.history/<address>.<SHA-256 hex>.crt``.
 MAX_ADDRESS_BYTES = MAX_NAME_BYTES - len(".") - 64 - len(".crt")
@@ -66,18 +92,17 @@ def pem_of(der: bytes) -> bytes:
 
 
 def unsafe_address(address: str) -> str | None:
-    """Why an address cannot name a file in the folder, or ``None`` when it can."""
-    if len(address) > MAX_ADDRESS_LENGTH:
-        return f"address is longer than {MAX_ADDRESS_LENGTH} characters"
+    """Why an address cannot name a file in the folder, or ``None`` when it can: the rules
+    every backend applies (:func:`address_problem`), then the file system's."""
+    problem = address_problem(address)
+    if problem:
+        return problem
     if address.startswith("."):
         return "address starts with a dot"
     for ch in address:
-        if ch in "/\\" or ord(ch) < 0x20 or ord(ch) == 0x7F:
+        if ch in "/\\":
             return f"address contains the character {ch!r}"
-    try:
-        size = len(address.lower().encode("utf-8"))
-    except UnicodeEncodeError:
-        return "address is not valid Unicode text"
+    size = len(address.lower().encode("utf-8"))
     if size > MAX_ADDRESS_BYTES:
         # Longer names fail with ENAMETOOLONG: a tempfail the relay would retry for ever.
         return f"address is longer than the {MAX_ADDRESS_BYTES} bytes a file name allows"
@@ -91,7 +116,7 @@ class FolderStore:
 
     def __init__(self, folder: Path, retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
         self.folder = folder
-        self.index = FolderIndex(folder, folder / HISTORY, REVOKED_SUFFIX)
+        self.index = FolderIndex(folder)
         self.journal = FolderJournal(folder, retention_days)
 
     def unsafe(self, address: str) -> str | None:
@@ -103,6 +128,9 @@ class FolderStore:
     def prepare(self) -> None:
         self.ensure()
 
+    def close(self) -> None:
+        self.index.close()
+
     def ensure(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -113,18 +141,16 @@ class FolderStore:
         address = address.strip().lower()
         if not address or unsafe_address(address):
             return None
-        return self.read(address)
+        try:
+            return self.read(address)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {self.path_for(address)}: {exc}") from exc
 
     def read(self, address: str) -> x509.Certificate | None:
         """The stored certificate, never following a symlink planted at its name."""
-        try:
-            fd = os.open(self.path_for(address), os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP):
-                return None
-            raise
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read()
+        data = _read_nofollow(self.path_for(address))
+        if data is None:
+            return None
         try:
             return x509.load_pem_x509_certificate(data)
         except CORRUPT_CERTIFICATE:
@@ -136,18 +162,10 @@ class FolderStore:
         if not address or unsafe_address(address):
             return None
         try:
-            fd = os.open(self.path_for(address), os.O_RDONLY | os.O_NOFOLLOW)
+            data = _read_nofollow(self.path_for(address))
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ELOOP):
-                return None
-            raise
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read()
-        try:
-            kind, _, der = asn1_pem.unarmor(data)
-        except (ValueError, TypeError):
-            return None
-        return der if kind == "CERTIFICATE" else None
+            raise StoreUnavailable(f"cannot read {self.path_for(address)}: {exc}") from exc
+        return None if data is None else _unarmor(data)
 
     def addresses(self) -> list[str]:
         """Every address with a stored certificate, sorted."""
@@ -193,6 +211,19 @@ class FolderStore:
         }
         data = (json.dumps(marker, indent=1) + "\n").encode()
         self._write_atomic(history, self._marker(address, cert).name, data)
+        self.index.mark_revoked(address, fingerprint(cert))
+
+    def _marker_found(self, address: str, sha256: str) -> tuple[datetime, str] | None:
+        """When a revoked marker says its certificate was found revoked, and why; ``None``
+        without one (markers written before the journal existed count as its entries)."""
+        data = _read_nofollow(self.folder / HISTORY / f"{address}.{sha256}{REVOKED_SUFFIX}")
+        if data is None:
+            return None
+        try:
+            marker = json.loads(data)
+            return parse_stamp(str(marker["found"])), str(marker.get("detail", ""))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
 
     def retire_revoked(self, address: str, cert: x509.Certificate, detail: str) -> bool:
         """Move ``cert`` out of ``<address>.crt`` into ``.history/`` with its marker. False
@@ -202,8 +233,10 @@ class FolderStore:
             with self._locked(address):
                 if self.read(address) != cert:
                     return False
-                self._keep_history(address, cert)
+                self._keep_history(address, cert, self.get_der(address) or _der(cert))
                 self.mark_revoked(address, cert, detail)
+                now = datetime.now(UTC)
+                self._journal(address, [HistoryEntry.of(cert, Why.REVOKED, now, detail)])
                 os.unlink(self.path_for(address))
                 with contextlib.suppress(OSError):
                     os.unlink(self.folder / CHAINS / f"{address}.pem")
@@ -237,9 +270,7 @@ class FolderStore:
                     return StoreResult(
                         Check.fail(Reason.REVOKED, "this certificate was found revoked earlier")
                     )
-                result = self._save_locked(
-                    address, cert, current_revoked, der or cert.public_bytes(_DER)
-                )
+                result = self._save_locked(address, cert, current_revoked, der or _der(cert))
                 if result.changed and chain is not None:
                     chains = self.folder / CHAINS
                     chains.mkdir(exist_ok=True)
@@ -256,20 +287,62 @@ class FolderStore:
         decision, why = supersede(current, cert, current_revoked)
         if decision is Decision.UNCHANGED:
             return StoreResult(Check.passed(why), False, str(path))
+        now = datetime.now(UTC)
         if decision is Decision.REFUSE_OLDER:
+            self._journal(address, [HistoryEntry.of(cert, Why.REFUSED_OLDER, now, why)])
             return StoreResult(Check.fail(Reason.OLDER_THAN_STORED, why))
         if current is not None:
-            self._keep_history(address, current)
+            # History first: a crash before the new file is in place repeats an entry on the
+            # retry, and never loses one.
+            self._keep_history(address, current, self.get_der(address) or _der(current))
+            kind = Why.REVOKED if current_revoked else Why.REPLACED
+            self._journal(address, [HistoryEntry.of(current, kind, now, why)])
         data = pem_of(der)
+        before = os.stat(self.folder).st_mtime_ns
         self._write_atomic(self.folder, path.name, data)
+        after = os.stat(self.folder).st_mtime_ns
+        self.index.record(address, cert, os.stat(path, follow_symlinks=False), before, after)
         return StoreResult(Check.passed("stored"), True, str(path), len(data))
 
     def list(self, expiring_before: datetime | None = None) -> list[Entry]:
-        """Every stored certificate (sorted by address), optionally only those expiring soon."""
-        entries = self.index.entries()
-        if expiring_before is None:
-            return list(entries)
-        return [e for e in entries if e.not_after <= expiring_before]
+        """Every stored certificate (sorted by address), optionally only those expiring soon,
+        from the sidecar index; from the files themselves only when the index is unusable."""
+        try:
+            if not self.folder.is_dir():
+                return []
+            return self.index.entries(expiring_before)
+        except IndexUnusable as exc:
+            log.warning("listing without the certificate index: %s", exc)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list {self.folder}: {exc}") from exc
+        try:
+            return self._list_files(expiring_before)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list {self.folder}: {exc}") from exc
+
+    def _list_files(self, expiring_before: datetime | None) -> list[Entry]:
+        """The listing from the files alone: slow, for a folder the index cannot live in."""
+        entries: list[Entry] = []
+        for path in sorted(self.folder.glob("*.crt")):
+            if path.name.startswith(".") or path.is_symlink():
+                continue
+            try:
+                cert = x509.load_pem_x509_certificate(path.read_bytes())
+            except (OSError, *CORRUPT_CERTIFICATE):
+                continue
+            if expiring_before is not None and cert.not_valid_after_utc > expiring_before:
+                continue
+            if self.is_revoked(path.name.removesuffix(".crt"), cert):
+                continue  # never listed, even if it came back
+            entries.append(
+                Entry(
+                    path.name.removesuffix(".crt"),
+                    cert.issuer.rfc4514_string(),
+                    cert.not_valid_after_utc,
+                    fingerprint(cert),
+                )
+            )
+        return entries
 
     def search(
         self,
@@ -282,65 +355,20 @@ class FolderStore:
         return Page(found[offset : offset + limit], len(found), offset, limit)
 
     def stats(self, expiring_before: datetime | None = None) -> StoreStats:
-        entries = self.index.entries()
+        """Count, expiring and earliest notAfter, in SQL over the index."""
+        try:
+            if not self.folder.is_dir():
+                return StoreStats(0, 0, None)
+            return self.index.stats(expiring_before)
+        except IndexUnusable as exc:
+            log.warning("counting without the certificate index: %s", exc)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list {self.folder}: {exc}") from exc
+        entries = self.list()
         expiring = 0
         if expiring_before is not None:
             expiring = sum(1 for e in entries if e.not_after <= expiring_before)
-        earliest = min((e.not_after for e in entries), default=None)
-        return StoreStats(len(entries), expiring, earliest)
-
-    def history(self, address: str) -> list[HistoryEntry]:
-        """Certificates kept in ``.history/``, newest first: ``revoked`` when a marker says so
-        (and when it was found), else ``replaced`` (when: the copy's time)."""
-        address = address.strip().lower()
-        if not address or unsafe_address(address):
-            return []
-        pattern = re.compile(re.escape(address) + r"\.([0-9a-f]{64})\.crt")
-        try:
-            names = os.listdir(self.folder / HISTORY)
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            if not pattern.fullmatch(name):
-                continue
-            path = self.folder / HISTORY / name
-            try:
-                cert = x509.load_pem_x509_certificate(path.read_bytes())
-                at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            except (OSError, *CORRUPT_CERTIFICATE):
-                continue
-            event = "replaced"
-            revoked_at = self._revoked_at(address, cert)
-            if revoked_at is not None:
-                event, at = "revoked", revoked_at
-            found.append(
-                HistoryEntry(
-                    fingerprint(cert),
-                    cert.issuer.rfc4514_string(),
-                    cert.not_valid_before_utc,
-                    cert.not_valid_after_utc,
-                    event,
-                    at,
-                )
-            )
-        return sorted(found, key=lambda h: (h.at, h.not_before), reverse=True)
-
-    def _revoked_at(self, address: str, cert: x509.Certificate) -> datetime | None:
-        """When the marker says ``cert`` was found revoked (the marker's own time if it does
-        not say); ``None`` without a marker."""
-        marker = self._marker(address, cert)
-        try:
-            text = marker.read_text("utf-8")
-            stat = marker.stat()
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return datetime.fromtimestamp(0, UTC)
-        try:
-            return datetime.fromisoformat(json.loads(text)["found"].replace("Z", "+00:00"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return datetime.fromtimestamp(stat.st_mtime, UTC)
+        return StoreStats(len(entries), expiring, min((e.not_after for e in entries), default=None))
 
     def record(self, entry: JournalEntry) -> None:
         self.journal.append(entry)
@@ -353,13 +381,143 @@ class FolderStore:
     def verdict_counts(self, since: datetime) -> Counter[tuple[str, str]]:
         return self.journal.counts(since)
 
-    def _keep_history(self, address: str, cert: x509.Certificate) -> None:
+    def _keep_history(self, address: str, cert: x509.Certificate, der: bytes) -> None:
+        """Keep ``cert`` (whose exact bytes are ``der``) under ``.history/``."""
         history = self.folder / HISTORY
         history.mkdir(exist_ok=True)
         name = f"{address}.{fingerprint(cert)}.crt"
         if not (history / name).exists():
-            der = self.get_der(address) or cert.public_bytes(_DER)
             self._write_atomic(history, name, pem_of(der))
+
+    def _journal(self, address: str, entries: Iterable[HistoryEntry]) -> None:
+        """Append entries to the address's journal, durably (the caller holds its lock)."""
+        text = "".join(json.dumps(e.as_dict(), ensure_ascii=False) + "\n" for e in entries)
+        if not text:
+            return
+        history = self.folder / HISTORY
+        history.mkdir(exist_ok=True)
+        path = history / f"{address}{JOURNAL}"
+        created = not path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_folder(history)
+
+    # -- history, export and import ---------------------------------------------------------
+
+    def history(self, address: str) -> list[HistoryEntry]:
+        """The journal's entries, plus kept certificates no journal line names (folders from
+        before the journal: ``revoked`` when a marker says so, else ``replaced`` at the copy's
+        time), newest first."""
+        address = address.strip().lower()
+        if not address or unsafe_address(address):
+            return []
+        try:
+            return self._history(address, self._kept_files(address))
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read the history of {address}: {exc}") from exc
+
+    def _history(self, address: str, kept: dict[str, Path]) -> list[HistoryEntry]:
+        kept_der = {sha256: _pem_to_der(path) for sha256, path in kept.items()}
+        entries = []
+        for entry in _read_journal(self.folder / HISTORY / f"{address}{JOURNAL}"):
+            der = kept_der.get(entry.sha256)
+            cert = _load_der(der) if der is not None and not entry.issuer else None
+            if cert is not None:  # a line that does not describe its certificate
+                entry = HistoryEntry.of(cert, Why(entry.event), entry.at, entry.detail)
+            entries.append(replace(entry, der=der))
+        named = {e.sha256 for e in entries}
+        for sha256, der in kept_der.items():
+            cert = _load_der(der) if der is not None else None
+            if sha256 in named or cert is None:
+                continue
+            found = self._marker_found(address, sha256)
+            if found is not None:
+                entries.append(HistoryEntry.of(cert, Why.REVOKED, *found, der=der))
+            else:
+                when = datetime.fromtimestamp(kept[sha256].lstat().st_mtime, UTC)
+                entries.append(
+                    HistoryEntry.of(cert, Why.REPLACED, when, "kept before the journal", der)
+                )
+        oldest = datetime.min.replace(tzinfo=UTC)
+        order = sorted(enumerate(entries), key=lambda ie: (ie[1].at or oldest, ie[0]))
+        return [entry for _, entry in reversed(order)]
+
+    def _kept_files(self, address: str) -> dict[str, Path]:
+        """SHA-256 → ``.history/<address>.<sha256>.crt`` for one address."""
+        history = self.folder / HISTORY
+        prefix = f"{address}."
+        try:
+            names = [n for n in os.listdir(history) if n.startswith(prefix)]
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for name in names:
+            match = _KEPT.match(name)
+            if match and match["address"] == address:
+                found[match["sha256"]] = history / name
+        return found
+
+    def dump(self) -> Iterator[Record]:
+        """Every address with a file or a history, sorted by address."""
+        try:
+            current = {
+                n[:-4]
+                for n in os.listdir(self.folder)
+                if n.endswith(".crt") and not n.startswith(".")
+            }
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list {self.folder}: {exc}") from exc
+        kept: dict[str, dict[str, Path]] = {}
+        journals: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.folder / HISTORY):
+                if name.endswith(JOURNAL) and not name.startswith("."):
+                    journals.add(name[: -len(JOURNAL)])
+                elif match := _KEPT.match(name):
+                    kept.setdefault(match["address"], {})[match["sha256"]] = (
+                        self.folder / HISTORY / name
+                    )
+        for address in sorted(current | journals | kept.keys()):
+            if unsafe_address(address):
+                continue
+            try:
+                der = self.get_der(address) if address in current else None
+                entries = self._history(address, kept.get(address, {}))
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot read {address}: {exc}") from exc
+            if der is not None or entries:
+                yield Record(address, der, entries, self.chain(address) if der else [])
+
+    def restore_history(self, address: str, entries: Iterable[HistoryEntry]) -> int:
+        address = address.lower()
+        if unsafe_address(address):
+            return 0
+        try:
+            self.ensure()
+            with self._locked(address):
+                seen = {e.key for e in self._history(address, self._kept_files(address))}
+                new = []
+                for entry in entries:
+                    if entry.key in seen:
+                        continue
+                    seen.add(entry.key)
+                    if entry.der is not None and entry.event != Why.REFUSED_OLDER:
+                        cert = x509.load_der_x509_certificate(entry.der)
+                        self._keep_history(address, cert, entry.der)
+                        if entry.event == Why.REVOKED and not self.is_revoked(address, cert):
+                            self.mark_revoked(address, cert, entry.detail)
+                    new.append(entry)
+                self._journal(address, new)
+                return len(new)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot write the history of {address}: {exc}") from exc
 
     @staticmethod
     def _write_atomic(folder: Path, name: str, data: bytes) -> None:
@@ -405,3 +563,71 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _read_nofollow(path: Path) -> bytes | None:
+    """A file's bytes, or ``None`` when it is missing or a symlink (never followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            return None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def _pem_to_der(path: Path | None) -> bytes | None:
+    """The exact DER bytes inside a PEM file, or ``None``."""
+    if path is None:
+        return None
+    data = _read_nofollow(path)
+    return None if data is None else _unarmor(data)
+
+
+def _unarmor(data: bytes) -> bytes | None:
+    """The DER bytes of one PEM certificate, exactly as armoured; ``None`` for anything else."""
+    try:
+        kind, _, der = asn1_pem.unarmor(data)
+    except (ValueError, TypeError):
+        return None
+    return der if kind == "CERTIFICATE" else None
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(_DER)
+
+
+def _load_der(der: bytes) -> x509.Certificate | None:
+    try:
+        return x509.load_der_x509_certificate(der)
+    except CORRUPT_CERTIFICATE:
+        return None
+
+
+def _read_journal(path: Path) -> Iterator[HistoryEntry]:
+    """A journal's entries, in the order written; a torn last line (crash while appending) or
+    a foreign one is skipped."""
+    data = _read_nofollow(path)
+    if data is None:
+        return
+    for line in data.decode("utf-8", "replace").splitlines():
+        if len(line) > MAX_JOURNAL_LINE:
+            continue
+        try:
+            item = json.loads(line)
+            yield HistoryEntry(
+                sha256=str(item["sha256"]),
+                issuer=str(item.get("issuer") or ""),
+                not_before=_optional_stamp(item.get("not_before")),
+                not_after=_optional_stamp(item.get("not_after")),
+                event=Why(item["why"]),
+                at=parse_stamp(str(item["when"])),
+                detail=str(item.get("detail", "")),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+
+
+def _optional_stamp(value: object) -> datetime | None:
+    return parse_stamp(value) if isinstance(value, str) and value else None

@@ -1,0 +1,71 @@
+"""What ``export`` and ``import`` share (``smime-collector export|import DIR``, and
+``readSMIMEsig.py --export|--import DIR``): load the configuration, copy, print one summary
+line (or one JSON object), answer the exit code. The copying is
+``smime_collector/store/transfer.py``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from smime_collector import logsetup
+from smime_collector.checkconfig import load
+from smime_collector.cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    add_config_argument,
+)
+from smime_collector.config import ConfigError
+from smime_collector.store import StoreUnavailable, open_store
+from smime_collector.store.transfer import export_to, import_from
+
+EPILOG = (
+    "Exit: 0 done, 1 some addresses could not be held by the target (each on a 'skipped' "
+    "line), 75 a store failed (run it again: nothing is lost), 2 usage or configuration."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--json", action="store_true", help="the summary as one JSON object")
+
+
+def command(
+    config: str | None, export_dir: Path | None, import_dir: Path | None, as_json: bool, prog: str
+) -> int:
+    """Export the configured store to ``export_dir``, or import ``import_dir`` into it."""
+    try:
+        settings = load(config)
+        logsetup.attach("transfer", settings.log_file, settings.log_level, settings.log_format)
+    except (ConfigError, OSError) as exc:
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    store = open_store(settings)
+    out = sys.stdout
+    try:
+        store.prepare()
+        if export_dir is not None:
+            report = export_to(store, export_dir)
+        else:
+            assert import_dir is not None
+            report = import_from(import_dir, store)
+    except FileNotFoundError as exc:
+        print(f"{prog}: {exc}", file=out)
+        return EXIT_USAGE
+    except (StoreUnavailable, OSError) as exc:
+        print(f"{prog}: store unavailable, nothing lost, run it again: {exc}", file=out)
+        return EXIT_TEMPFAIL
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(report.as_dict()), file=out)
+    else:
+        verb = "exported" if export_dir is not None else "imported"
+        print(f"{verb} {report.summary()}", file=out)
+        for address, why in report.skipped:
+            print(f"skipped {address}: {why}", file=out)
+    return EXIT_OK if report.complete else EXIT_REJECTED

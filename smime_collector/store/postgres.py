@@ -1,0 +1,515 @@
+"""The PostgreSQL backend (``store = postgresql``): one truth for several collector hosts.
+
+Tables (``schema.py`` creates and migrates them):
+
+- ``certificates``: keyed by the SHA-256 of the DER bytes, which it holds exactly, with the
+  issuer and validity that listings show;
+- ``addresses``: each address (lower case) → its current certificate, with a copy of that
+  certificate's notAfter so that ``?expiring-within=`` is one index range scan;
+- ``history``: append-only (a trigger refuses UPDATE, DELETE and TRUNCATE): replaced, revoked
+  and refused-as-older certificates, with when (the database's clock) and why.
+
+No downgrade across hosts: a save locks the address's row (``SELECT ... FOR UPDATE``, or
+inserts it) and decides with :func:`supersede` inside that one transaction, so two hosts saving
+for one address are serialised by the database. Each process has its own connection pool, made
+on first use in that process: gunicorn's workers never share a connection made before fork.
+
+A database that is down or too slow is ``store-error`` (``tempfail``, 503/75). After a failure
+the store answers at once for :data:`FAIL_FAST_SECONDS`, so that a batch of messages does not
+wait for the database once per message. The next request after that window gets a new pool,
+which connects at once: the pool's own reconnection backs off exponentially (up to minutes
+after a long outage), and a database that is back must be used at once. The pool checks a
+connection that was idle for a second before handing it out, so the first request after a
+restart finds a live one, while one under load costs a single round trip per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool
+
+from smime_collector.store import schema
+from smime_collector.store.base import (
+    Decision,
+    Entry,
+    HistoryEntry,
+    Record,
+    StoreResult,
+    StoreUnavailable,
+    Why,
+    address_problem,
+    supersede,
+)
+from smime_collector.trust import fingerprint
+from smime_collector.verdict import Check, Reason
+
+log = logging.getLogger(__name__)
+
+#: Seconds to establish one connection.
+CONNECT_TIMEOUT = 5
+#: Seconds a request waits for a pooled connection before answering ``store-error``.
+POOL_WAIT = 5.0
+#: Seconds ``/healthz`` and ``--check-config`` wait for one.
+HEALTH_WAIT = 2.0
+#: Server-side bounds on one statement and on waiting for a row lock, in milliseconds.
+STATEMENT_TIMEOUT_MS = 5000
+LOCK_TIMEOUT_MS = 5000
+#: Milliseconds sent data may stay unacknowledged before the connection counts as dead
+#: (a host that vanished, not one that refuses).
+TCP_USER_TIMEOUT_MS = 10_000
+#: After a database failure, seconds during which operations fail at once without waiting.
+FAIL_FAST_SECONDS = 2.0
+#: A pooled connection idle longer than this is checked (one empty query) before use: after a
+#: database restart it would be dead. Busy connections skip the check and its round trip.
+IDLE_CHECK_SECONDS = 1.0
+#: Seconds a pool being replaced may take to stop its threads.
+POOL_CLOSE_WAIT = 1.0
+#: Passes of a save that finds the address inserted, then gone, by other writers meanwhile.
+SAVE_ATTEMPTS = 3
+#: Rows fetched per round trip when streaming every address (``--export``).
+DUMP_BATCH = 1000
+
+FAST_SQL = (
+    "SELECT (SELECT sha256 FROM addresses WHERE address = %s), "
+    "EXISTS (SELECT 1 FROM revoked WHERE address = %s AND sha256 = %s)"
+)
+# The row lock on one table, then the certificate in a statement of its own. A writer that waited
+# for another gets that row's new version from PostgreSQL's re-check, but a join (or a
+# subquery) in the same statement reads with the snapshot taken before the wait: it would miss
+# the certificate the other writer inserted, and the row itself with a join.
+LOCK_SQL = "SELECT sha256 FROM addresses WHERE address = %s FOR UPDATE"
+CERT_SQL = "SELECT der FROM certificates WHERE sha256 = %s"
+INSERT_CERT_SQL = (
+    "INSERT INTO certificates (sha256, der, issuer, not_before, not_after) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (sha256) DO NOTHING"
+)
+INSERT_ADDRESS_SQL = (
+    "INSERT INTO addresses (address, sha256, not_after, chain) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (address) DO NOTHING RETURNING address"
+)
+UPDATE_ADDRESS_SQL = (
+    "UPDATE addresses SET sha256 = %s, not_after = %s, chain = %s, updated_at = now() "
+    "WHERE address = %s"
+)
+INSERT_HISTORY_SQL = (
+    "INSERT INTO history (address, sha256, at, why, detail) "
+    "VALUES (%s, %s, coalesce(%s, now()), %s, %s)"
+)
+MARK_REVOKED_SQL = (
+    "INSERT INTO revoked (address, sha256, found, detail) "
+    "VALUES (%s, %s, coalesce(%s, now()), %s) ON CONFLICT DO NOTHING"
+)
+LIST_SQL = (
+    "SELECT a.address, c.issuer, a.not_after, a.sha256 "
+    "FROM addresses a JOIN certificates c USING (sha256) "
+    "WHERE NOT EXISTS (SELECT 1 FROM revoked r WHERE r.address = a.address "
+    "AND r.sha256 = a.sha256) "
+)
+HISTORY_SQL = (
+    "SELECT h.address, h.sha256, h.at, h.why, h.detail, c.der "
+    "FROM history h LEFT JOIN certificates c USING (sha256) "
+)
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:  # libpq cannot parse it: connecting will say why
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or ''}{parts.path}"
+    host = info.get("host", "localhost")
+    port = info.get("port", "5432")
+    user = f"{info['user']}@" if "user" in info else ""
+    return f"postgresql://{user}{host}:{port}/{info.get('dbname', '')}"
+
+
+class PostgresStore:
+    """Certificates in PostgreSQL; see the module's docstring."""
+
+    kind = "postgresql"
+
+    def __init__(self, url: str, password: str = "", pool_size: int = 4) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.description = safe_url(url)
+        self._kwargs: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": "smime-collector",
+            "options": (
+                f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
+                "-c TimeZone=UTC"
+            ),
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        }
+        if password:
+            self._kwargs["password"] = password
+        self._pool_obj: ConnectionPool | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._schema_pid = 0  # the process that last found the schema current
+        self._down_until = 0.0
+        self._renew = False  # the pool saw the database fail: replace it on next use
+        self._last_error = ""
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _pool(self) -> ConnectionPool:
+        """This process's pool, made on first use here (after gunicorn's fork)."""
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()  # a lock inherited through fork may be held
+            self._pool_obj, self._down_until, self._renew = None, 0.0, False
+            self._pid = os.getpid()
+        with self._lock:
+            if self._renew and self._pool_obj is not None:
+                old, self._pool_obj, self._renew = self._pool_obj, None, False
+                old.close(timeout=POOL_CLOSE_WAIT)
+            if self._pool_obj is None:
+                pool = ConnectionPool(
+                    self.url,
+                    kwargs={**self._kwargs, "autocommit": True},
+                    min_size=1,
+                    max_size=self.pool_size,
+                    open=False,
+                    timeout=POOL_WAIT,
+                    check=_check_if_idle,
+                    reset=_note_return,
+                    name="smime-collector",
+                )
+                pool.open(wait=False)
+                self._pool_obj = pool
+            return self._pool_obj
+
+    @contextmanager
+    def _connection(self, wait: float = POOL_WAIT) -> Iterator[psycopg.Connection[TupleRow]]:
+        """A live connection with the schema in place; :class:`StoreUnavailable` otherwise."""
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(f"{self.description}: {self._last_error} (retry shortly)")
+        try:
+            with self._pool().connection(timeout=wait) as conn:
+                if self._schema_pid != os.getpid():  # the database was down at start-up
+                    schema.migrate(conn)
+                    self._schema_pid = os.getpid()
+                yield conn
+        except psycopg.Error as exc:
+            self._last_error = _one_line(exc)
+            if isinstance(exc, psycopg.OperationalError):
+                self._down_until = time.monotonic() + FAIL_FAST_SECONDS
+                self._renew = True
+            raise StoreUnavailable(f"{self.description}: {self._last_error}") from exc
+
+    def close(self) -> None:
+        if self._pool_obj is not None and self._pid == os.getpid():
+            self._pool_obj.close()
+        self._pool_obj = None
+
+    def prepare(self) -> None:
+        """Create or migrate the schema now, under the advisory lock (gunicorn's start-up
+        check, the CLI); with a connection of its own, so that no pool exists before fork."""
+        try:
+            with psycopg.connect(self.url, **self._kwargs, autocommit=True) as conn:
+                schema.migrate(conn)
+            self._schema_pid = os.getpid()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"{self.description}: {_one_line(exc)}") from exc
+
+    # -- the CertStore interface ----------------------------------------------------------
+
+    def unsafe(self, address: str) -> str | None:
+        return address_problem(address)
+
+    def location(self, address: str) -> str:
+        return f"postgresql:{address.lower()}"
+
+    def get(self, address: str) -> x509.Certificate | None:
+        der = self.get_der(address)
+        return None if der is None else x509.load_der_x509_certificate(der)
+
+    def get_der(self, address: str) -> bytes | None:
+        address = address.strip().lower()
+        if not address or address_problem(address):
+            return None
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT c.der FROM addresses a JOIN certificates c USING (sha256) "
+                "WHERE a.address = %s",
+                (address,),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def addresses(self) -> list[str]:
+        with self._connection() as conn:
+            rows = conn.execute("SELECT address FROM addresses ORDER BY address").fetchall()
+        return [row[0] for row in rows]
+
+    def chain(self, address: str) -> list[bytes]:
+        address = address.strip().lower()
+        if not address or address_problem(address):
+            return []
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT chain FROM addresses WHERE address = %s", (address,)
+            ).fetchone()
+        return [] if row is None else [bytes(der) for der in row[0]]
+
+    def is_revoked(self, address: str, cert: x509.Certificate) -> bool:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM revoked WHERE address = %s AND sha256 = %s)",
+                (address.strip().lower(), fingerprint(cert)),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def mark_revoked(self, address: str, cert: x509.Certificate, detail: str) -> None:
+        with self._connection() as conn:
+            conn.execute(MARK_REVOKED_SQL, (address.lower(), fingerprint(cert), None, detail))
+
+    def retire_revoked(self, address: str, cert: x509.Certificate, detail: str) -> bool:
+        """Mark, move into the history and drop the address's row, in one transaction;
+        False when the address holds another certificate now or the database is away."""
+        address, sha256 = address.lower(), fingerprint(cert)
+        try:
+            with self._connection() as conn, conn.transaction():
+                row = conn.execute(
+                    "SELECT sha256 FROM addresses WHERE address = %s FOR UPDATE", (address,)
+                ).fetchone()
+                if row is None or row[0] != sha256:
+                    return False
+                conn.execute(MARK_REVOKED_SQL, (address, sha256, None, detail))
+                conn.execute(INSERT_HISTORY_SQL, (address, sha256, None, Why.REVOKED.value, detail))
+                conn.execute("DELETE FROM addresses WHERE address = %s", (address,))
+                return True
+        except StoreUnavailable as exc:
+            log.warning("cannot retire %s: %s", address, exc)
+            return False
+
+    def save(
+        self,
+        address: str,
+        cert: x509.Certificate,
+        current_revoked: bool = False,
+        der: bytes | None = None,
+        chain: Sequence[bytes] | None = None,
+    ) -> StoreResult:
+        problem = address_problem(address)
+        if problem:
+            return StoreResult(Check.fail(Reason.UNSAFE_ADDRESS, problem))
+        address = address.lower()
+        try:
+            with self._connection() as conn:
+                return self._save(
+                    conn, address, cert, current_revoked, der or _der(cert), list(chain or [])
+                )
+        except StoreUnavailable as exc:
+            return StoreResult(Check.retry(Reason.STORE_ERROR, f"cannot store: {exc}"))
+
+    def _save(
+        self,
+        conn: psycopg.Connection[TupleRow],
+        address: str,
+        cert: x509.Certificate,
+        current_revoked: bool,
+        der: bytes,
+        chain: list[bytes],
+    ) -> StoreResult:
+        where = self.location(address)
+        sha256 = fingerprint(cert)
+        current_sha256, revoked = conn.execute(FAST_SQL, (address, address, sha256)).fetchone()
+        if revoked:
+            return StoreResult(
+                Check.fail(Reason.REVOKED, "this certificate was found revoked earlier")
+            )
+        if current_sha256 == sha256:
+            # supersede()'s answer for an identical certificate, read without a lock: the
+            # message that finds its certificate in place needs one round trip, not five.
+            return StoreResult(Check.passed("the same certificate is already stored"), False, where)
+        not_after = cert.not_valid_after_utc
+        with conn.transaction():
+            conn.execute(
+                INSERT_CERT_SQL,
+                (sha256, der, cert.issuer.rfc4514_string(), cert.not_valid_before_utc, not_after),
+            )
+            for _attempt in range(SAVE_ATTEMPTS):
+                current = self._locked_current(conn, address)
+                decision, why = supersede(current, cert, current_revoked)
+                if decision is Decision.UNCHANGED:
+                    return StoreResult(Check.passed(why), False, where)
+                if decision is Decision.REFUSE_OLDER:
+                    history = (address, sha256, None, Why.REFUSED_OLDER.value, why)
+                    conn.execute(INSERT_HISTORY_SQL, history)
+                    return StoreResult(Check.fail(Reason.OLDER_THAN_STORED, why))
+                if current is not None:
+                    kind = Why.REVOKED if current_revoked else Why.REPLACED
+                    history = (address, fingerprint(current), None, kind.value, why)
+                    conn.execute(INSERT_HISTORY_SQL, history)
+                    conn.execute(UPDATE_ADDRESS_SQL, (sha256, not_after, chain, address))
+                    break
+                if conn.execute(INSERT_ADDRESS_SQL, (address, sha256, not_after, chain)).fetchone():
+                    break
+                # Another writer inserted the address since we looked: decide against its
+                # row, which the next pass locks.
+            else:
+                raise StoreUnavailable(f"{address} kept changing under this save; retry")
+        return StoreResult(Check.passed("stored"), True, where, len(der))
+
+    @staticmethod
+    def _locked_current(
+        conn: psycopg.Connection[TupleRow], address: str
+    ) -> x509.Certificate | None:
+        """The address's current certificate, its row locked until the transaction ends."""
+        row = conn.execute(LOCK_SQL, (address,)).fetchone()
+        if row is None:
+            return None
+        cert = conn.execute(CERT_SQL, (row[0],)).fetchone()
+        if cert is None:  # the schema's foreign key makes this impossible
+            raise StoreUnavailable(f"{address}: certificate {row[0]} is missing")
+        return x509.load_der_x509_certificate(cert[0])
+
+    def list(self, expiring_before: datetime | None = None) -> list[Entry]:
+        sql, args = LIST_SQL, ()
+        if expiring_before is not None:
+            sql, args = sql + "AND a.not_after <= %s ", (expiring_before,)
+        with self._connection() as conn:
+            rows = conn.execute(sql + "ORDER BY a.address", args).fetchall()
+        return [Entry(*row) for row in rows]
+
+    def history(self, address: str) -> list[HistoryEntry]:
+        address = address.strip().lower()
+        if not address or address_problem(address):
+            return []
+        with self._connection() as conn:
+            rows = conn.execute(
+                HISTORY_SQL + "WHERE h.address = %s ORDER BY h.at, h.id", (address,)
+            ).fetchall()
+        return [_history_entry(row) for row in rows]
+
+    def dump(self) -> Iterator[Record]:
+        """Two streams in address order (one snapshot), merged."""
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            current = conn.cursor(name="dump_current")
+            current.itersize = DUMP_BATCH
+            current.execute(
+                "SELECT a.address, c.der, a.chain FROM addresses a "
+                "JOIN certificates c USING (sha256) ORDER BY a.address"
+            )
+            history = conn.cursor(name="dump_history")
+            history.itersize = DUMP_BATCH
+            history.execute(HISTORY_SQL + "ORDER BY h.address, h.at, h.id")
+            yield from _merge(current, history)
+
+    def restore_history(self, address: str, entries: Iterable[HistoryEntry]) -> int:
+        address = address.lower()
+        if address_problem(address):
+            return 0
+        entries = list(entries)
+        with self._connection() as conn, conn.transaction():
+            # One restorer per address at a time, so that "already recorded" stays true.
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (schema.LOCK_KEY, address)
+            )
+            seen = {
+                _history_entry(row).key
+                for row in conn.execute(HISTORY_SQL + "WHERE h.address = %s", (address,))
+            }
+            added = 0
+            for entry in entries:
+                if entry.key in seen:
+                    continue
+                seen.add(entry.key)
+                if entry.der is not None:
+                    cert = x509.load_der_x509_certificate(entry.der)
+                    conn.execute(
+                        INSERT_CERT_SQL,
+                        (
+                            entry.sha256,
+                            entry.der,
+                            cert.issuer.rfc4514_string(),
+                            cert.not_valid_before_utc,
+                            cert.not_valid_after_utc,
+                        ),
+                    )
+                conn.execute(
+                    INSERT_HISTORY_SQL,
+                    (address, entry.sha256, entry.when, entry.why.value, entry.detail),
+                )
+                if entry.why is Why.REVOKED:  # found revoked: never stored again here either
+                    conn.execute(
+                        MARK_REVOKED_SQL, (address, entry.sha256, entry.when, entry.detail)
+                    )
+                added += 1
+            return added
+
+    def health(self) -> Check:
+        """Reachable, writable (not a standby), and a schema this version understands."""
+        try:
+            with self._connection(wait=HEALTH_WAIT) as conn:
+                recovery, read_only, version = conn.execute(
+                    "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'), "
+                    "(SELECT max(version) FROM schema_version)"
+                ).fetchone()
+        except StoreUnavailable as exc:
+            return Check.retry(Reason.STORE_ERROR, str(exc))
+        if recovery or read_only == "on":
+            return Check.retry(Reason.STORE_ERROR, f"{self.description} is read-only (a standby?)")
+        return Check.passed(f"{self.description} is writable (schema version {version})")
+
+
+def _note_return(conn: psycopg.Connection[TupleRow]) -> None:
+    """The pool's ``reset`` hook: remember when the connection was last given back."""
+    conn._smime_returned = time.monotonic()  # type: ignore[attr-defined]
+
+
+def _check_if_idle(conn: psycopg.Connection[TupleRow]) -> None:
+    """The pool's ``check`` hook: probe only connections that sat idle (see
+    :data:`IDLE_CHECK_SECONDS`); a dead one raises, and the pool replaces it."""
+    returned = getattr(conn, "_smime_returned", 0.0)
+    if time.monotonic() - returned > IDLE_CHECK_SECONDS:
+        ConnectionPool.check_connection(conn)
+
+
+def _merge(
+    current: Iterable[tuple[str, bytes, list[bytes]]], history: Iterable[tuple[Any, ...]]
+) -> Iterator[Record]:
+    """Records from two streams sorted by address: current certificates and history rows."""
+    cur_iter, hist_iter = iter(current), iter(history)
+    cur = next(cur_iter, None)
+    hist = next(hist_iter, None)
+    while cur is not None or hist is not None:
+        address = min(x[0] for x in (cur, hist) if x is not None)
+        der, chain = None, []
+        if cur is not None and cur[0] == address:
+            der, chain = bytes(cur[1]), [bytes(issuer) for issuer in cur[2]]
+            cur = next(cur_iter, None)
+        entries = []
+        while hist is not None and hist[0] == address:
+            entries.append(_history_entry(hist))
+            hist = next(hist_iter, None)
+        yield Record(address, der, entries, chain)
+
+
+def _history_entry(row: tuple[Any, ...]) -> HistoryEntry:
+    _address, sha256, at, why, detail, der = row
+    return HistoryEntry(sha256, at, Why(why), detail, None if der is None else bytes(der))
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
