@@ -141,7 +141,7 @@ class Collector:
         )
         try:
             self.store.record(entry)
-        except OSError as exc:
+        except (OSError, StoreUnavailable) as exc:
             log.warning("| verdict journal not written: %s", exc)
 
     @contextlib.contextmanager

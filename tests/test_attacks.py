@@ -214,7 +214,7 @@ def test_an_older_certificate_replayed_after_a_newer_one(scene, mail, certs) -> 
     verdict = scene.attack(raw, "older-than-stored")
     assert verdict.email == VICTIM
     [entry] = scene.collector.store.history(VICTIM)
-    assert (entry.why, entry.sha256) == ("refused-older", fingerprint(certs["victim-old"].cert))
+    assert (entry.event, entry.sha256) == ("refused-older", fingerprint(certs["victim-old"].cert))
 
 
 @pytest.mark.parametrize(

@@ -340,8 +340,8 @@ def test_history_kept_before_the_journal_still_counts(store, make_cert) -> None:
     (store.folder / f"{ADDRESS}.crt").write_bytes(pem_of(current))
     (history / f"{ADDRESS}.jsonl").write_text('{"sha256": "torn')
     [entry] = store.history(ADDRESS)
-    assert (entry.sha256, entry.why, entry.der) == (fingerprint(old), Why.REPLACED, pem_der(old))
-    assert entry.when == dt.datetime.fromtimestamp(1_600_000_000, dt.UTC)
+    assert (entry.sha256, entry.event, entry.der) == (fingerprint(old), Why.REPLACED, pem_der(old))
+    assert entry.at == dt.datetime.fromtimestamp(1_600_000_000, dt.UTC)
 
 
 # -- the semantics, on both backends --------------------------------------------------------
@@ -376,9 +376,9 @@ def test_an_older_certificate_does_not_replace_a_newer_one(any_store, make_cert)
     )
     assert any_store.get(ADDRESS) == newer
     [entry] = any_store.history(ADDRESS)
-    assert (entry.sha256, entry.why) == (fingerprint(older), Why.REFUSED_OLDER)
+    assert (entry.sha256, entry.event) == (fingerprint(older), Why.REFUSED_OLDER)
     assert "newer" in entry.detail
-    assert abs(entry.when - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
+    assert abs(entry.at - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
 
 
 def test_the_same_certificate_again_is_unchanged(any_store, make_cert) -> None:
@@ -399,14 +399,17 @@ def test_newer_certificates_replace_and_the_history_says_when_and_why(any_store,
     assert any_store.save(ADDRESS, second).check.reason == "older-than-stored"
     assert any_store.get(ADDRESS) == third
     history = any_store.history(ADDRESS.upper())
-    assert [(e.sha256, e.why) for e in history] == [
-        (fingerprint(first), Why.REPLACED),
-        (fingerprint(second), Why.REPLACED),
+    assert [(e.sha256, e.event) for e in history] == [  # newest first
         (fingerprint(second), Why.REFUSED_OLDER),
+        (fingerprint(second), Why.REPLACED),
+        (fingerprint(first), Why.REPLACED),
     ]
-    assert [e.when for e in history] == sorted(e.when for e in history)
-    assert all(before < e.when < dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5) for e in history)
-    for entry, cert in zip(history[:2], (first, second), strict=True):
+    assert [e.at for e in history] == sorted((e.at for e in history), reverse=True)
+    assert [(e.issuer, e.not_before) for e in history[1:]] == [
+        (c.issuer.rfc4514_string(), c.not_valid_before_utc) for c in (second, first)
+    ], "each entry describes its certificate"
+    assert all(before < e.at < dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5) for e in history)
+    for entry, cert in zip(history[1:], (second, first), strict=True):
         assert entry.der == cert.public_bytes(serialization.Encoding.DER), "exact DER kept"
 
 
@@ -417,7 +420,7 @@ def test_a_revoked_certificate_is_replaced_even_by_an_older_one(any_store, make_
     assert (result.check.reason, result.changed) == ("ok", True)
     assert any_store.get(ADDRESS) == older
     [entry] = any_store.history(ADDRESS)
-    assert (entry.sha256, entry.why) == (fingerprint(revoked), Why.REVOKED)
+    assert (entry.sha256, entry.event) == (fingerprint(revoked), Why.REVOKED)
 
 
 def test_listings_come_sorted_and_filtered_by_expiry(any_store, root) -> None:
@@ -461,15 +464,24 @@ def test_restored_history_is_kept_verbatim_and_once(any_store, make_cert) -> Non
     old, current = make_cert(days_ago=40), make_cert(days_ago=2)
     when = dt.datetime(2025, 3, 4, 5, 6, 7, 891011, tzinfo=dt.UTC)
     entries = [
-        HistoryEntry(fingerprint(old), when, Why.REPLACED, "from elsewhere", pem_der(old)),
-        HistoryEntry("ab" * 32, when + dt.timedelta(days=1), Why.REFUSED_OLDER, "no copy"),
+        HistoryEntry(
+            "ab" * 32,
+            "CN=Elsewhere",
+            None,
+            None,
+            Why.REFUSED_OLDER,
+            when + dt.timedelta(days=1),
+            "no copy",
+        ),
+        HistoryEntry.of(old, Why.REPLACED, when, "from elsewhere", pem_der(old)),
     ]
     assert any_store.save(ADDRESS, current).changed
     assert any_store.restore_history(ADDRESS, entries) == 2
     assert any_store.restore_history(ADDRESS, entries) == 0, "a second import adds nothing"
     history = any_store.history(ADDRESS)
     assert [e.key for e in history] == [e.key for e in entries]
-    assert history[0].when == when and history[0].der == pem_der(old)
+    assert history[1].at == when and history[1].der == pem_der(old)
+    assert history[1].issuer == old.issuer.rfc4514_string()
     assert any_store.get(ADDRESS) == current
 
 
@@ -481,7 +493,7 @@ def test_dump_holds_everything_in_address_order(any_store, make_cert) -> None:
     records = list(any_store.dump())
     assert [r.address for r in records] == [a, b]
     assert records[0].current == pem_der(new_a) and records[1].current == pem_der(only_b)
-    assert [(e.sha256, e.why, e.der) for e in records[0].history] == [
+    assert [(e.sha256, e.event, e.der) for e in records[0].history] == [
         (fingerprint(old_a), Why.REPLACED, pem_der(old_a))
     ]
     assert records[1].history == []
@@ -571,9 +583,9 @@ def test_concurrent_writers_leave_the_newest_and_complete_history(backend, make_
     finally:
         store.close()
     by_sha = {fingerprint(c): pem_of(c) for c in certs}
-    replaced = {by_sha[e.sha256] for e in history if e.why is Why.REPLACED}
+    replaced = {by_sha[e.sha256] for e in history if e.event == Why.REPLACED}
     assert replaced == stored - {newest}, "every replaced certificate is in the history"
-    assert sorted(by_sha[e.sha256] for e in history if e.why is Why.REFUSED_OLDER) == sorted(
+    assert sorted(by_sha[e.sha256] for e in history if e.event == Why.REFUSED_OLDER) == sorted(
         refused
     ), "every refusal is in the history, once"
     if backend[0] == "folder":
@@ -659,9 +671,9 @@ def test_pipeline_history_through_messages(make_collector, mail, backend_keys) -
     store = collector.store
     assert verdicts[0].location == store.location(ADDRESS)
     assert store.get(ADDRESS) == new.cert
-    assert [(e.sha256, e.why) for e in store.history(ADDRESS)] == [
-        (fingerprint(old.cert), Why.REPLACED),
+    assert [(e.sha256, e.event) for e in store.history(ADDRESS)] == [
         (fingerprint(old.cert), Why.REFUSED_OLDER),
+        (fingerprint(old.cert), Why.REPLACED),
     ]
     if isinstance(store, FolderStore):
         folder = store.folder
@@ -982,7 +994,7 @@ def test_a_certificate_found_revoked_is_refused_and_never_listed(any_store, make
     # its owner's older but valid certificate replaces it (the pipeline's path)
     assert any_store.save(ADDRESS, fresh, current_revoked=True).changed
     assert [e.email for e in any_store.list()] == [ADDRESS]
-    assert [(e.sha256, e.why) for e in any_store.history(ADDRESS)] == [
+    assert [(e.sha256, e.event) for e in any_store.history(ADDRESS)] == [
         (fingerprint(revoked), Why.REVOKED)
     ]
 
@@ -996,7 +1008,7 @@ def test_retiring_a_revoked_certificate(any_store, make_cert) -> None:
     assert any_store.list() == []
     assert any_store.is_revoked(ADDRESS, cert)
     [entry] = any_store.history(ADDRESS)
-    assert (entry.sha256, entry.why, entry.detail) == (
+    assert (entry.sha256, entry.event, entry.detail) == (
         fingerprint(cert),
         Why.REVOKED,
         "revoked: keyCompromise",
@@ -1006,7 +1018,7 @@ def test_retiring_a_revoked_certificate(any_store, make_cert) -> None:
     assert any_store.save(ADDRESS, other).changed, "its owner's next one is welcome"
     [record] = list(any_store.dump())
     assert record.current == pem_der(other)
-    assert [e.why for e in record.history] == [Why.REVOKED]
+    assert [e.event for e in record.history] == [Why.REVOKED]
 
 
 def test_a_writer_that_waited_for_the_row_sees_its_new_version(database_url, make_cert) -> None:
@@ -1040,3 +1052,80 @@ def test_a_writer_that_waited_for_the_row_sees_its_new_version(database_url, mak
         holder.close()
         waiter.close()
         store.close()
+
+
+# -- the operator page's reads: search, stats and the verdict journal (both backends) -------
+
+
+def test_search_pages_and_stats_come_from_the_index(any_store, root) -> None:
+    def cert(address: str, days_left: int) -> x509.Certificate:
+        return pki.make_leaf(
+            root,
+            address,
+            key_type="ec",
+            cn="",
+            not_before=NOW - dt.timedelta(days=1),
+            not_after=(NOW + dt.timedelta(days=days_left)).replace(microsecond=0),
+        ).cert
+
+    certs = {f"user{i}@example.com": cert(f"user{i}@example.com", 10 + 10 * i) for i in range(5)}
+    certs["zoe@other.org"] = cert("zoe@other.org", 400)
+    for address, c in certs.items():
+        assert any_store.save(address, c).changed
+    page = any_store.search("example.com", offset=1, limit=2)
+    assert (page.total, [e.email for e in page.entries]) == (
+        5,
+        ["user1@example.com", "user2@example.com"],
+    )
+    assert [e.email for e in any_store.search("USER4").entries] == ["user4@example.com"]
+    assert [e.email for e in any_store.search("certstore root").entries] == sorted(certs)
+    sha = fingerprint(certs["zoe@other.org"])
+    colons = ":".join(sha[i : i + 2] for i in range(0, 8, 2))
+    assert [e.email for e in any_store.search(colons).entries] == ["zoe@other.org"]
+    assert any_store.search("no_such%thing").total == 0
+    soon = NOW + dt.timedelta(days=25)
+    assert [e.email for e in any_store.search("", 0, 10, soon).entries] == [
+        "user0@example.com",
+        "user1@example.com",
+    ]
+    stats = any_store.stats(soon)
+    assert (stats.count, stats.expiring) == (6, 2)
+    assert stats.earliest_expiry == certs["user0@example.com"].not_valid_after_utc
+    any_store.mark_revoked("user0@example.com", certs["user0@example.com"], "revoked")
+    assert any_store.stats(soon).count == 5, "a revoked certificate is not counted"
+    assert any_store.search("user0").total == 0
+
+
+def test_the_verdict_journal(any_store) -> None:
+    from smime_collector.journal import JournalEntry
+
+    noon = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    for n in range(7):
+        any_store.record(
+            JournalEntry(
+                noon - dt.timedelta(hours=7 * (6 - n)),
+                "stored" if n % 2 else "rejected",
+                "ok" if n % 2 else "expired",
+                f"u{n}@example.org",
+                "detail",
+                "sparkpost",
+                f"<{n}@x>",
+                "rid",
+                "Envelope@Sender.example" if n == 3 else None,
+            )
+        )
+    page = any_store.verdicts(limit=3)
+    assert [e.email for e in page.entries] == ["u6@example.org", "u5@example.org", "u4@example.org"]
+    assert page.more
+    last = any_store.verdicts(offset=6, limit=3)
+    assert [e.email for e in last.entries] == ["u0@example.org"] and not last.more
+    assert [e.email for e in any_store.verdicts(outcome="stored").entries] == [
+        "u5@example.org",
+        "u3@example.org",
+        "u1@example.org",
+    ]
+    assert [e.email for e in any_store.verdicts("envelope@sender").entries] == ["u3@example.org"]
+    first = any_store.verdicts(limit=1).entries[0]
+    assert (first.at, first.message_id, first.intake) == (noon, "<6@x>", "sparkpost")
+    counts = any_store.verdict_counts(noon - dt.timedelta(hours=14))
+    assert counts == {("rejected", "expired"): 2, ("stored", "ok"): 1}

@@ -584,7 +584,7 @@ def test_recheck_with_the_database_store(crl_server, tmp_path, database) -> None
     try:
         store = collector.store
         assert store.get(ALICE) is None and store.is_revoked(ALICE, alice.cert)
-        assert [e.why for e in store.history(ALICE)] == ["revoked"]
+        assert [e.event for e in store.history(ALICE)] == ["revoked"]
         auth = {"Authorization": "Bearer look"}
         assert app.test_client().get("/certs", headers=auth).get_json()["count"] == 0
         verdict = collector.read_smime_email(signed_message(alice))

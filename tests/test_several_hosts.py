@@ -199,14 +199,14 @@ def check_final_state(store: PostgresStore, corpus: Corpus, logs: list[Path]) ->
         newest = corpus.certs[address, VERSIONS - 1]
         assert store.get(address) == newest, address
         history = store.history(address)
-        replaced = [e for e in history if e.why is Why.REPLACED]
-        refusals = [e for e in history if e.why is Why.REFUSED_OLDER]
+        replaced = [e for e in history if e.event == Why.REPLACED]
+        refusals = [e for e in history if e.event == Why.REFUSED_OLDER]
         version_of = {fingerprint(corpus.certs[address, v]): v for v in range(VERSIONS)}
         assert len(replaced) == stored[address] - 1, (address, stored[address], history)
         assert len({e.sha256 for e in replaced}) == len(replaced), "no certificate replaced twice"
         assert all(version_of[e.sha256] < VERSIONS - 1 for e in replaced)
         assert len(refusals) == refused[address], (address, refused[address], history)
-        assert [e.when for e in history] == sorted(e.when for e in history)
+        assert [e.at for e in history] == sorted((e.at for e in history), reverse=True)
 
 
 def test_two_hosts_share_one_database_and_never_downgrade(

@@ -71,10 +71,10 @@ def seeded_folder(tmp_path: Path, make_cert) -> FolderStore:
     for cert in (a1, a2, a3, a1):
         folder.save(ALICE, cert)
     folder.save(BOB, make_cert(BOB, 5))
-    assert [e.why for e in folder.history(ALICE)] == [
-        Why.REPLACED,
-        Why.REPLACED,
+    assert [e.event for e in folder.history(ALICE)] == [
         Why.REFUSED_OLDER,
+        Why.REPLACED,
+        Why.REPLACED,
     ]
     return folder
 
@@ -142,10 +142,10 @@ def test_database_to_database_keeps_history_and_the_rule(
         assert report["outcomes"] == {"older-than-stored": 1, "stored": 1}
         assert second.get(ALICE) == alice_second, "the newer certificate already there stays"
         assert second.get(BOB) == bob_first, "the older one there is replaced"
-        alice = [(e.sha256, e.why) for e in second.history(ALICE)]
+        alice = [(e.sha256, e.event) for e in second.history(ALICE)]
         assert (fingerprint(old_alice), Why.REPLACED) in alice, "history came along"
         assert (fingerprint(alice_first), Why.REFUSED_OLDER) in alice
-        assert [(e.sha256, e.why) for e in second.history(BOB)] == [
+        assert [(e.sha256, e.event) for e in second.history(BOB)] == [
             (fingerprint(bob_old), Why.REPLACED)
         ]
     finally:
@@ -283,7 +283,7 @@ def test_revocations_and_issuers_travel_with_an_export(tmp_path, make_cert, data
         assert db.save(ALICE, retired).check.reason == "revoked"
         assert db.chain(BOB) == issuers
         [entry] = db.history(ALICE)
-        assert (entry.why, entry.detail) == (Why.REVOKED, "revoked: keyCompromise")
+        assert (entry.event, entry.detail) == (Why.REVOKED, "revoked: keyCompromise")
     finally:
         db.close()
     back = tmp_path / "back"

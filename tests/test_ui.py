@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -393,8 +393,10 @@ def test_address_page_shows_the_certificate_history_and_verdicts(app, client, ma
     current = store.get(address)
     assert current == new.cert
     assert current.fingerprint(current.signature_hash_algorithm.__class__()).hex() in page
-    (replaced,) = store.history(address)
-    assert replaced.event == "replaced" and replaced.sha256 in page
+    refused, replaced = store.history(address)  # newest first
+    assert (refused.event, replaced.event) == ("refused-older", "replaced")
+    assert refused.sha256 == replaced.sha256 == old.cert.fingerprint(hashes.SHA256()).hex()
+    assert replaced.sha256 in page and "refused-older" in page
     assert "rejected older-than-stored" in page
     assert Reason.OLDER_THAN_STORED.explanation in page
     assert page.count("stored ok") == 2

@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -38,16 +39,20 @@ from urllib.parse import urlsplit
 import psycopg
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from psycopg import sql
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
+from smime_collector.journal import JournalEntry, JournalPage
 from smime_collector.store import schema
 from smime_collector.store.base import (
     Decision,
     Entry,
     HistoryEntry,
+    Page,
     Record,
     StoreResult,
+    StoreStats,
     StoreUnavailable,
     Why,
     address_problem,
@@ -79,6 +84,10 @@ IDLE_CHECK_SECONDS = 1.0
 POOL_CLOSE_WAIT = 1.0
 #: Passes of a save that finds the address inserted, then gone, by other writers meanwhile.
 SAVE_ATTEMPTS = 3
+#: How long verdicts are kept unless ``verdict-retention-days`` says otherwise.
+DEFAULT_RETENTION_DAYS = 30
+#: Seconds between prunings of old verdicts, per process.
+PRUNE_EVERY_SECONDS = 600
 #: Rows fetched per round trip when streaming every address (``--export``).
 DUMP_BATCH = 1000
 
@@ -108,19 +117,39 @@ INSERT_HISTORY_SQL = (
     "INSERT INTO history (address, sha256, at, why, detail) "
     "VALUES (%s, %s, coalesce(%s, now()), %s, %s)"
 )
+HISTORY_SQL = (
+    "SELECT h.address, h.sha256, h.at, h.why, h.detail, c.der, c.issuer, c.not_before, "
+    "c.not_after FROM history h LEFT JOIN certificates c USING (sha256) "
+)
+NOT_REVOKED = (
+    "NOT EXISTS (SELECT 1 FROM revoked r WHERE r.address = a.address AND r.sha256 = a.sha256) "
+)
+SEARCH_SQL = (
+    "SELECT a.address, c.issuer, a.not_after, a.sha256, count(*) OVER () "
+    "FROM addresses a JOIN certificates c USING (sha256) WHERE " + NOT_REVOKED + "AND "
+    "(%(text)s = '' OR strpos(a.address, %(text)s) > 0 OR strpos(lower(c.issuer), %(text)s) > 0 "
+    "OR a.sha256 LIKE %(prefix)s::text) AND (%(before)s::timestamptz IS NULL OR "
+    "a.not_after <= %(before)s) ORDER BY a.address OFFSET %(offset)s LIMIT %(limit)s"
+)
+STATS_SQL = (
+    "SELECT count(*), count(*) FILTER (WHERE a.not_after <= %s), min(a.not_after) "
+    "FROM addresses a WHERE " + NOT_REVOKED
+)
+VERDICT_COLUMNS = "at, outcome, reason, email, detail, intake, message_id, request_id, sender"
+VERDICTS_SQL = (
+    f"SELECT {VERDICT_COLUMNS} FROM verdicts "
+    "WHERE (%(text)s = '' OR strpos(lower(coalesce(email, '')), %(text)s) > 0 "
+    "OR strpos(lower(coalesce(sender, '')), %(text)s) > 0) "
+    "AND (%(outcome)s = '' OR outcome = %(outcome)s) "
+    "ORDER BY at DESC, id DESC OFFSET %(offset)s LIMIT %(limit)s"
+)
 MARK_REVOKED_SQL = (
     "INSERT INTO revoked (address, sha256, found, detail) "
     "VALUES (%s, %s, coalesce(%s, now()), %s) ON CONFLICT DO NOTHING"
 )
 LIST_SQL = (
     "SELECT a.address, c.issuer, a.not_after, a.sha256 "
-    "FROM addresses a JOIN certificates c USING (sha256) "
-    "WHERE NOT EXISTS (SELECT 1 FROM revoked r WHERE r.address = a.address "
-    "AND r.sha256 = a.sha256) "
-)
-HISTORY_SQL = (
-    "SELECT h.address, h.sha256, h.at, h.why, h.detail, c.der "
-    "FROM history h LEFT JOIN certificates c USING (sha256) "
+    "FROM addresses a JOIN certificates c USING (sha256) WHERE " + NOT_REVOKED
 )
 
 
@@ -142,9 +171,17 @@ class PostgresStore:
 
     kind = "postgresql"
 
-    def __init__(self, url: str, password: str = "", pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        password: str = "",
+        pool_size: int = 4,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+    ) -> None:
         self.url = url
         self.pool_size = pool_size
+        self.retention_days = retention_days
+        self._prune_at = 0.0
         self.description = safe_url(url)
         self._kwargs: dict[str, Any] = {
             "connect_timeout": CONNECT_TIMEOUT,
@@ -386,13 +423,98 @@ class PostgresStore:
             rows = conn.execute(sql + "ORDER BY a.address", args).fetchall()
         return [Entry(*row) for row in rows]
 
+    def search(
+        self,
+        text: str = "",
+        offset: int = 0,
+        limit: int = 50,
+        expiring_before: datetime | None = None,
+    ) -> Page:
+        """:func:`matches` in SQL: one page, and the number of matches, in one statement."""
+        needle = text.strip().lower()
+        prefix = needle.replace(":", "")
+        hexadecimal = all(ch in "0123456789abcdef" for ch in prefix)
+        args = {
+            "text": needle,
+            "prefix": prefix + "%" if hexadecimal else None,  # a fingerprint is hex only
+            "before": expiring_before,
+            "offset": offset,
+            "limit": limit,
+        }
+        with self._connection() as conn:
+            rows = conn.execute(SEARCH_SQL, args).fetchall()
+        if not rows and offset:  # past the end: the count comes from the first page
+            return Page([], self.search(text, 0, 1, expiring_before).total, offset, limit)
+        total = rows[0][4] if rows else 0
+        return Page([Entry(*row[:4]) for row in rows], total, offset, limit)
+
+    def stats(self, expiring_before: datetime | None = None) -> StoreStats:
+        with self._connection() as conn:
+            row = conn.execute(STATS_SQL, (expiring_before,)).fetchone()
+        count, expiring, earliest = row if row else (0, 0, None)
+        return StoreStats(count, expiring if expiring_before is not None else 0, earliest)
+
+    # -- the verdict journal --------------------------------------------------------------
+
+    def record(self, entry: JournalEntry) -> None:
+        """One INSERT, sent with ``synchronous_commit = off`` in the same round trip: like the
+        folder's journal, a crash may lose its last moments, and no message waits for the
+        disk to keep a record for people. Records older than ``verdict-retention-days`` are
+        pruned now and then."""
+        values = [
+            entry.at,
+            entry.outcome,
+            entry.reason,
+            entry.email,
+            entry.detail,
+            entry.intake,
+            entry.message_id,
+            entry.request_id,
+            entry.sender,
+        ]
+        statement = sql.SQL(
+            "SET LOCAL synchronous_commit = off; INSERT INTO verdicts ({}) VALUES ({});"
+        ).format(sql.SQL(VERDICT_COLUMNS), sql.SQL(", ").join(map(sql.Literal, values)))
+        if time.monotonic() >= self._prune_at:
+            self._prune_at = time.monotonic() + PRUNE_EVERY_SECONDS
+            # Whole days before the record's day, as the folder's journal drops its day files.
+            statement += sql.SQL(
+                "DELETE FROM verdicts WHERE at < date_trunc('day', {}::timestamptz) "
+                "- make_interval(days => {});"
+            ).format(sql.Literal(entry.at), sql.Literal(self.retention_days))
+        with self._connection() as conn:
+            conn.execute(statement)  # no parameters: one simple query, one transaction
+
+    def verdicts(
+        self, text: str = "", outcome: str = "", offset: int = 0, limit: int = 50
+    ) -> JournalPage:
+        args = {
+            "text": text.strip().lower(),
+            "outcome": outcome,
+            "offset": offset,
+            "limit": limit + 1,
+        }
+        with self._connection() as conn:
+            rows = conn.execute(VERDICTS_SQL, args).fetchall()
+        entries = [JournalEntry(*row) for row in rows[:limit]]
+        return JournalPage(entries, offset, limit, len(rows) > limit)
+
+    def verdict_counts(self, since: datetime) -> Counter[tuple[str, str]]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT outcome, reason, count(*) FROM verdicts WHERE at >= %s "
+                "GROUP BY outcome, reason",
+                (since,),
+            ).fetchall()
+        return Counter({(outcome, reason): count for outcome, reason, count in rows})
+
     def history(self, address: str) -> list[HistoryEntry]:
         address = address.strip().lower()
         if not address or address_problem(address):
             return []
         with self._connection() as conn:
             rows = conn.execute(
-                HISTORY_SQL + "WHERE h.address = %s ORDER BY h.at, h.id", (address,)
+                HISTORY_SQL + "WHERE h.address = %s ORDER BY h.at DESC, h.id DESC", (address,)
             ).fetchall()
         return [_history_entry(row) for row in rows]
 
@@ -444,12 +566,10 @@ class PostgresStore:
                     )
                 conn.execute(
                     INSERT_HISTORY_SQL,
-                    (address, entry.sha256, entry.when, entry.why.value, entry.detail),
+                    (address, entry.sha256, entry.at, str(entry.event), entry.detail),
                 )
-                if entry.why is Why.REVOKED:  # found revoked: never stored again here either
-                    conn.execute(
-                        MARK_REVOKED_SQL, (address, entry.sha256, entry.when, entry.detail)
-                    )
+                if entry.event == Why.REVOKED:  # found revoked: never stored again here either
+                    conn.execute(MARK_REVOKED_SQL, (address, entry.sha256, entry.at, entry.detail))
                 added += 1
             return added
 
@@ -502,8 +622,17 @@ def _merge(
 
 
 def _history_entry(row: tuple[Any, ...]) -> HistoryEntry:
-    _address, sha256, at, why, detail, der = row
-    return HistoryEntry(sha256, at, Why(why), detail, None if der is None else bytes(der))
+    _address, sha256, at, why, detail, der, issuer, not_before, not_after = row
+    return HistoryEntry(
+        sha256,
+        issuer or "",
+        not_before,
+        not_after,
+        Why(why),
+        at,
+        detail,
+        None if der is None else bytes(der),
+    )
 
 
 def _der(cert: x509.Certificate) -> bytes:

@@ -44,6 +44,19 @@ STEPS: tuple[str, ...] = (
         detail text NOT NULL DEFAULT ''
     );
     CREATE INDEX history_address ON history (address, at, id);
+    CREATE TABLE verdicts (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL,
+        outcome text NOT NULL,
+        reason text NOT NULL,
+        email text,
+        detail text NOT NULL DEFAULT '',
+        intake text NOT NULL DEFAULT '',
+        message_id text,
+        request_id text NOT NULL DEFAULT '-',
+        sender text
+    );
+    CREATE INDEX verdicts_at ON verdicts (at);
     CREATE TABLE revoked (
         address text COLLATE "C" NOT NULL,
         sha256 text NOT NULL,
