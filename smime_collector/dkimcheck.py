@@ -49,6 +49,12 @@ MAX_SIGNED_HEADERS = 64
 #: Seconds all of one message's DKIM key lookups may take together, whatever ``dns-timeout``
 #: says; always cut further to what is left of the request's own deadline.
 MESSAGE_DNS_BUDGET_SECONDS = 10.0
+#: Parsed key records kept per process (see :func:`parse_key_record`), and the longest record
+#: kept: a 4096-bit RSA key takes about 800 bytes of TXT, and longer ones are refused anyway.
+KEY_CACHE_SIZE = 1024
+MAX_CACHED_RECORD_BYTES = 2048
+#: Longest From: value (as DKIM splits it) whose address is kept once read.
+MAX_CACHED_FROM_BYTES = 512
 
 _HASHES = {b"rsa-sha256": hashes.SHA256, b"rsa-sha1": hashes.SHA1, b"ed25519-sha256": None}
 _HEADER_NAME = re.compile(rb"([\x21-\x7e]+?):")
@@ -207,10 +213,25 @@ def _from_differs(headers: list[tuple[bytes, bytes]], msg: ParsedMessage) -> str
     values = [value for name, value in headers if name.lower() == b"from"]
     if len(values) != 1:
         return f"DKIM sees {len(values)} From: headers where the message parser sees one"
-    seen = parse_message(b"From:" + values[0] + b"\r\n")
-    if not isinstance(seen, ParsedMessage) or seen.from_address != msg.from_address:
+    if _address_in(values[0]) != msg.from_address:
         return "the From: header DKIM verifies is not the one the message parser reads"
     return None
+
+
+def _address_in(value: bytes) -> str | None:
+    """The address the message parser reads in a From: value as DKIM split it, or None."""
+    if len(value) > MAX_CACHED_FROM_BYTES:
+        return _parse_from(value)
+    return _cached_address_in(value)
+
+
+def _parse_from(value: bytes) -> str | None:
+    seen = parse_message(b"From:" + value + b"\r\n")
+    return seen.from_address if isinstance(seen, ParsedMessage) else None
+
+
+#: The same senders write again and again: their From: value is parsed once per process.
+_cached_address_in = functools.lru_cache(maxsize=4096)(_parse_from)
 
 
 def _check_one(
@@ -333,8 +354,15 @@ def parse_key_record(record: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519PublicK
     """The key of a DKIM TXT record (RFC 6376 §3.6.1), or why there is none.
 
     An RSA key's modulus size and exponent are read from the DER lengths, before any number is
-    built: no arithmetic is done on a key outside the bounds.
+    built: no arithmetic is done on a key outside the bounds. The answer depends on the record
+    alone, and the resolver hands out the same record for its TTL, so it is kept per record.
     """
+    if len(record) > MAX_CACHED_RECORD_BYTES:
+        return _parse_key_record(record)
+    return _cached_key_record(record)
+
+
+def _parse_key_record(record: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519PublicKey | str:
     try:
         tags = parse_tag_value(record)
     except InvalidTagValueList:
@@ -361,6 +389,9 @@ def parse_key_record(record: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519PublicK
     if kind != b"rsa":
         return f"unknown key type k={kind.decode('utf-8', 'replace')}"
     return _rsa_key(data)
+
+
+_cached_key_record = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(_parse_key_record)
 
 
 def _rsa_key(data: bytes) -> rsa.RSAPublicKey | str:

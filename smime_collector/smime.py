@@ -9,6 +9,7 @@ attributes. The certificate checked afterwards is the one the SignerInfo names, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ from smime_collector.trust import CORRUPT_CERTIFICATE
 from smime_collector.verdict import Check
 
 MAX_CERTIFICATES = 50
+#: Parsed certificates kept per process, by their exact bytes (see :func:`_load_certificate`).
+CERTIFICATE_CACHE_SIZE = 512
+#: Longest signature AlgorithmIdentifier whose hash name is kept (RSA-PSS with its parameters
+#: is about 70 bytes); a longer one is read every time, so the sender cannot fill memory.
+MAX_CACHED_ALGORITHM_BYTES = 128
 MAX_CRLS = 50
 MAX_SIGNATURE_BYTES = 1 << 20
 MAX_SIGNERS = 10
@@ -263,9 +269,16 @@ def _is_dsa(der: bytes) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)
 def _load_certificate(der: bytes) -> x509.Certificate:
     """Load a certificate and read every field now: cryptography parses lazily, and a corrupt
-    field must fail here, as the message's fault, not later in the policy or the log."""
+    field must fail here, as the message's fault, not later in the policy or the log.
+
+    Kept by its exact bytes (a certificate is immutable, and the same bytes always load the
+    same way): the issuers, and a returning sender's own certificate, recur in every message,
+    and reading every field costs more than the CMS signature check. A corrupt certificate
+    raises, so it is never kept.
+    """
     return _read_all(x509.load_der_x509_certificate(der))
 
 
@@ -406,21 +419,38 @@ def _verify_signature(
 
 def _signature_hash(algorithm: cms.SignedDigestAlgorithm, digest_name: str) -> str:
     """The hash the signature algorithm uses: named by a combined OID, else the digest's."""
-    try:
-        return algorithm.hash_algo
-    except ValueError:
-        return digest_name
+    return _named_hash(algorithm) or digest_name
 
 
 def _hash(
     algorithm: cms.SignedDigestAlgorithm, fallback: type[hashes.HashAlgorithm]
 ) -> hashes.HashAlgorithm:
     """The hash a combined OID names (sha256WithRSA...), else the SignerInfo's digest."""
+    name = _named_hash(algorithm)
+    return fallback() if name is None else _HASHES.get(name, fallback)()
+
+
+def _named_hash(algorithm: cms.SignedDigestAlgorithm) -> str | None:
+    """The hash a signature AlgorithmIdentifier names itself, None when it names none.
+
+    asn1crypto answers "none" (rsaEncryption, the usual case) with an exception whose message
+    costs more than the RSA verification, so the answer is kept per encoding.
+    """
+    der = algorithm.dump()
+    if len(der) <= MAX_CACHED_ALGORITHM_BYTES:
+        return _hash_named_by_der(der)
     try:
-        name = algorithm.hash_algo
+        return algorithm.hash_algo
     except ValueError:
-        return fallback()
-    return _HASHES.get(name, fallback)()
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _hash_named_by_der(der: bytes) -> str | None:
+    try:
+        return cms.SignedDigestAlgorithm.load(der).hash_algo
+    except ValueError:
+        return None
 
 
 def _pss_hash(algorithm: cms.SignedDigestAlgorithm) -> hashes.HashAlgorithm:
