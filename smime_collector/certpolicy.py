@@ -22,7 +22,7 @@ from smime_collector import pathvalidation
 from smime_collector.deadline import Deadline
 from smime_collector.pathvalidation import EMAIL_EKUS, MIN_RSA_BITS, ValidPath
 from smime_collector.revocation import Revocation
-from smime_collector.trust import Anchors, fingerprint
+from smime_collector.trust import Anchors
 from smime_collector.verdict import Check
 
 
@@ -99,7 +99,7 @@ def check_chain(c: Candidate) -> Check:
     if isinstance(found, Check):
         return found
     root = found.anchor
-    limit = c.anchors.distrust_after.get(fingerprint(root)) if root is not None else None
+    limit = c.anchors.distrust_after.get(found.anchor_fingerprint) if root is not None else None
     # NSS compares the end-entity certificate's notBefore with the root's distrust-after date.
     if root is not None and limit is not None and c.cert.not_valid_before_utc > limit:
         return Check.fail(

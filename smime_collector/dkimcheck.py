@@ -28,7 +28,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
+from dkim.canonicalization import (
+    CanonicalizationPolicy,
+    InvalidCanonicalizationPolicyError,
+    Relaxed,
+    compress_whitespace,
+    correct_empty_body,
+    strip_trailing_lines,
+    strip_trailing_whitespace,
+)
 from dkim.util import InvalidTagValueList, parse_tag_value
 from publicsuffixlist import PublicSuffixList
 
@@ -121,8 +129,23 @@ class _Signed:
         """Canonicalised once per algorithm, however many signatures ask."""
         name = policy.body_algorithm.name
         if name not in self._bodies:
-            self._bodies[name] = policy.canonicalize_body(self.body)
+            if policy.body_algorithm is Relaxed:
+                self._bodies[name] = relaxed_body(self.body)
+            else:
+                self._bodies[name] = policy.canonicalize_body(self.body)
         return self._bodies[name]
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """dkimpy's ``Relaxed.canonicalize_body``, step by step, each of its regular-expression
+    steps run only when it can change something: whitespace before a line end to strip, a tab
+    or a run of blanks to compress. Each scans the whole body at about 10 ns a byte (60 µs for
+    a 6 KB body) where a substring search takes well under one."""
+    if b" \r\n" in body or b"\t\r\n" in body:
+        body = strip_trailing_whitespace(body)
+    if b"\t" in body or b"  " in body:
+        body = compress_whitespace(body)
+    return correct_empty_body(strip_trailing_lines(body))
 
 
 def check_dkim(

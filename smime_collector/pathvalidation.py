@@ -17,6 +17,7 @@ attribute (RFC 5280 §4.2.1.10), SAN or not.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import threading
@@ -49,7 +50,7 @@ from pyhanko_certvalidator.policy_decl import (
 from pyhanko_certvalidator.registry import CertificateRegistry
 
 from smime_collector import rawcms
-from smime_collector.trust import Anchors
+from smime_collector.trust import Anchors, fingerprint
 from smime_collector.verdict import Check
 
 EMAIL_EKUS = {
@@ -131,9 +132,26 @@ class ValidPath:
     valid_from: datetime
     valid_until: datetime
 
+    # A cached path serves every message with the same certificates: what is derived from it
+    # alone is derived once (the properties below), not once per message.
+
     def names(self) -> str:
+        return self._names
+
+    @functools.cached_property
+    def _names(self) -> str:
         chain = [*self.certs, *([self.anchor] if self.anchor is not None else [])]
         return " -> ".join(common_name(cert) for cert in chain)
+
+    @functools.cached_property
+    def anchor_fingerprint(self) -> str | None:
+        """The anchor's SHA-256 fingerprint (distrust-after dates are keyed by it)."""
+        return None if self.anchor is None else fingerprint(self.anchor)
+
+    @functools.cached_property
+    def anchor_asn1(self) -> asn1_x509.Certificate | None:
+        """The anchor as asn1crypto reads it (the issuer of the top CRL of the path)."""
+        return None if self.anchor is None else asn1(self.anchor)
 
 
 def common_name(cert: x509.Certificate) -> str:

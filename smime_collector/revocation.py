@@ -412,8 +412,8 @@ class Revocation:
         fetching = self.settings.fetch if fetch_allowed is None else fetch_allowed
         budget = _Budget(deadline)
         pool = [pathvalidation.from_der(der) for der in bag]
-        if path.anchor is not None:  # the CRL of the certificate just below it is the anchor's
-            pool.append(pathvalidation.asn1(path.anchor))
+        if path.anchor_asn1 is not None:  # the CRL of the certificate just below it is the anchor's
+            pool.append(path.anchor_asn1)
         held = [*crls, *self.local.crls()]
         ocsps: list[bytes] = []
         findings: list[tuple[x509.Certificate, Status, str]] = []
