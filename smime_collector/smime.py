@@ -187,7 +187,23 @@ def _bounded(data: bytes) -> bytes:
 
 
 def verify_signed_data(part: SignedPart) -> SignedData | Check:
-    """Parse the CMS SignedData and verify every SignerInfo over the signed content."""
+    """Parse the CMS SignedData and verify every SignerInfo over the signed content.
+
+    A detached signature of the plain shape is read by :func:`_verify_plain`; it answers only
+    when every signer verified, and anything else (any failure, any unusual shape) is judged
+    again from the start by :func:`verify_with_asn1crypto`, so every rejection and its detail
+    come from that one reading.
+    """
+    if part.kind == "detached":
+        verified = _verify_plain(part)
+        if verified is not None:
+            return verified
+    return verify_with_asn1crypto(part)
+
+
+def verify_with_asn1crypto(part: SignedPart) -> SignedData | Check:
+    """:func:`verify_signed_data` with the structure read by asn1crypto: any shape and
+    encoding CMS allows, and the reason for every failure."""
     try:
         info = cms.ContentInfo.load(part.cms_der)
         kind = info["content_type"].native
@@ -225,6 +241,117 @@ def verify_signed_data(part: SignedPart) -> SignedData | Check:
         else:
             result.failures.append(outcome)
     return result
+
+
+def _verify_plain(part: SignedPart) -> SignedData | None:
+    """The :class:`SignedData` of a plain detached signature whose every signer verifies,
+    read with :func:`rawcms.plain_signed_data` and asn1crypto only for the few small values
+    the checks read; None whenever :func:`verify_with_asn1crypto` is to judge instead.
+
+    The steps and their order are those of :func:`verify_with_asn1crypto` and
+    :func:`_verify_signer_info`, on the same values: each element handed to asn1crypto is the
+    one it would have parsed in place, and the signed attributes are checked over the bytes
+    its ``untag().dump()`` gives for a definite-length SET.
+    """
+    try:
+        plain = rawcms.plain_signed_data(part.cms_der)
+    except rawcms.RawCMSError:
+        return None
+    if plain is None or not 0 < len(plain.signers) <= MAX_SIGNERS:
+        return None
+    found = plain.members
+    if len(found.certificates) > MAX_CERTIFICATES or len(found.crls) > MAX_CRLS:
+        return None
+    loaded = _certificates(found.certificates)
+    if isinstance(loaded, Check):
+        return None
+    certificates, exact = loaded
+    content = part.content or b""
+    result = SignedData(certificates, exact, found.crls)
+    try:
+        content_type = _dotted(plain.content_type)
+        for plain_signer in plain.signers:
+            signer = _verify_plain_signer(plain_signer, content, content_type, certificates)
+            if signer is None:
+                return None
+            result.signers.append(signer)
+    except (ValueError, TypeError, KeyError):
+        return None
+    return result
+
+
+def _verify_plain_signer(
+    plain: rawcms.PlainSigner, content: bytes, content_type: str, bag: list[x509.Certificate]
+) -> Signer | None:
+    digest_name = _digest_name(plain.digest_algorithm)
+    hash_cls = _HASHES.get(digest_name)
+    if hash_cls is None:
+        return None
+    algorithm = cms.SignedDigestAlgorithm.load(plain.signature_algorithm)
+    signature_hash = _signature_hash(algorithm, digest_name)
+    if signature_hash not in _HASHES:
+        return None
+    if plain.sid[0] == 0x80:  # [0] subjectKeyIdentifier, primitive
+        cert = _by_key_id(asn1.OctetString.load(plain.sid, implicit=0).native, bag)
+    else:
+        cert = _by_issuer_serial(cms.IssuerAndSerialNumber.load(plain.sid), bag)
+    if cert is None:
+        return None
+    values: dict[str, asn1.Asn1Value] = {}
+    if plain.signed_attrs is None:
+        signed_bytes = content
+    else:
+        if len(plain.signed_attrs) > MAX_SIGNED_ATTRIBUTES_BYTES:
+            return None
+        if len(plain.attributes) > MAX_SIGNED_ATTRIBUTES:
+            return None
+        for oid, attribute in plain.attributes:
+            if (name := _dotted(oid)) in READ_ATTRIBUTES:
+                values[name] = cms.CMSAttribute.load(attribute)["values"]
+        if not _check_attributes(values, content, content_type, hash_cls).ok:
+            return None
+        signed_bytes = _set_of(plain.signed_attrs)
+    check = _verify_signature(cert, algorithm, plain.signature, signed_bytes, hash_cls)
+    if not check.ok:
+        return None
+    preference = _encryption_preference(values, bag)
+    weakest = signature_hash if signature_hash in WEAK_DIGESTS else digest_name
+    return Signer(cert, weakest, check.detail, preference)
+
+
+def _set_of(contents: bytes) -> bytes:
+    """A DER SET OF around ``contents``: what asn1crypto's ``untag().dump()`` gives for the
+    definite-length [0] signedAttrs with these contents (the header made anew, the length in
+    the fewest octets)."""
+    length = len(contents)
+    if length <= 127:
+        return b"\x31" + bytes([length]) + contents
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return b"\x31" + bytes([0x80 | len(octets)]) + octets + contents
+
+
+def _dotted(oid: bytes) -> str:
+    """The dotted form of an OID element, as asn1crypto reads it."""
+    if len(oid) <= MAX_CACHED_ALGORITHM_BYTES:
+        return _cached_dotted(oid)
+    return asn1.ObjectIdentifier.load(oid).dotted
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_dotted(oid: bytes) -> str:
+    return asn1.ObjectIdentifier.load(oid).dotted
+
+
+def _digest_name(algorithm: bytes) -> str:
+    """A DigestAlgorithm element's name, as asn1crypto reads it."""
+    if len(algorithm) <= MAX_CACHED_ALGORITHM_BYTES:
+        return _cached_digest_name(algorithm)
+    return cms.DigestAlgorithm.load(algorithm)["algorithm"].native
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_digest_name(algorithm: bytes) -> str:
+    return cms.DigestAlgorithm.load(algorithm)["algorithm"].native
 
 
 def _octets(value: asn1.Asn1Value) -> bytes:
