@@ -346,10 +346,30 @@ def _header_hash(
         if lowered in wanted:
             seen[lowered].append(position)
     picked = sorted(p for name, where in seen.items() for p in where[-wanted[name] :])
+    if policy.header_algorithm is Relaxed:
+        policy = CanonicalizationPolicy(_RelaxedHeaders, policy.body_algorithm)
     fields = policy.canonicalize_headers([signed.headers[p] for p in picked])
     digest = hasher()
     dkim.hash_headers(digest, policy, fields, include, signed.headers[index], tags)
     return digest.digest()
+
+
+class _RelaxedHeaders(Relaxed):
+    """dkimpy's relaxed header canonicalisation (``Relaxed.canonicalize_headers``) with its
+    two regular expressions per field replaced where they can change nothing: unfolding
+    (``\\r?\\n`` removed) by two substring replacements, whitespace compression run only
+    on a value with a tab or a run of blanks."""
+
+    @staticmethod
+    def canonicalize_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [(name.lower().rstrip(), _relaxed_value(value)) for name, value in headers]
+
+
+def _relaxed_value(value: bytes) -> bytes:
+    value = value.replace(b"\r\n", b"").replace(b"\n", b"")  # unfold_header_value
+    if b"\t" in value or b"  " in value:
+        value = compress_whitespace(value)
+    return value.strip() + b"\r\n"
 
 
 def _public_key(

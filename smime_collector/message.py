@@ -122,8 +122,9 @@ class Entity:
         """The body as a view: a 20 MB attachment is held once, not once per level."""
         return memoryview(self.buf)[self.body_start : self.end]
 
-    @property
+    @functools.cached_property
     def content_type(self) -> str:
+        """Read once per entity: the walk, the log and the signature search all ask."""
         return self.headers.get_content_type()
 
     def param(self, name: str) -> str | None:
@@ -186,7 +187,7 @@ class Entity:
         if budget[0] < 0:
             raise MalformedMessage(f"more MIME parts than the bound of {MAX_PARTS}")
         yield self
-        if self.headers.get_content_maintype() == "multipart":
+        if self.content_type.split("/")[0] == "multipart":  # get_content_maintype()
             for part in self.parts():
                 yield from part.walk(budget)
 

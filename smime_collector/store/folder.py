@@ -28,6 +28,7 @@ import base64
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -152,6 +153,8 @@ class FolderStore:
         if data is None:
             return None
         try:
+            if len(data) <= MAX_CACHED_PEM_BYTES:
+                return _load_pem(data)
             return x509.load_pem_x509_certificate(data)
         except CORRUPT_CERTIFICATE:
             return None  # a damaged file is replaced by a good certificate, never trusted
@@ -264,8 +267,7 @@ class FolderStore:
             return StoreResult(Check.fail(Reason.UNSAFE_ADDRESS, reason))
         address = address.lower()
         try:
-            self.ensure()
-            with self._locked(address):
+            with self._locked(address):  # makes the folder when it is missing
                 if self.is_revoked(address, cert):
                     return StoreResult(
                         Check.fail(Reason.REVOKED, "this certificate was found revoked earlier")
@@ -537,9 +539,17 @@ class FolderStore:
 
     @contextlib.contextmanager
     def _locked(self, address: str) -> Iterator[None]:
+        """The address's lock, held inside; the folder and its ``.locks`` are made only when
+        the lock file cannot be opened for their absence (not two ``mkdir`` per message)."""
         locks = self.folder / LOCKS
-        locks.mkdir(exist_ok=True)
-        fd = os.open(locks / f"{address}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        lock = locks / f"{address}.lock"
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+        try:
+            fd = os.open(lock, flags, 0o600)
+        except FileNotFoundError:
+            self.ensure()
+            locks.mkdir(exist_ok=True)
+            fd = os.open(lock, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -555,6 +565,12 @@ class FolderStore:
         except OSError as exc:
             return Check.retry(Reason.STORE_ERROR, f"{self.folder} is not writable: {exc}")
         return Check.passed(f"{self.folder} is writable")
+
+
+#: Certificate files read, parsed once per distinct content (up to a size no certificate
+#: reaches): the same certificates are read again for every message their owners send.
+_load_pem = functools.lru_cache(maxsize=256)(x509.load_pem_x509_certificate)
+MAX_CACHED_PEM_BYTES = 16 * 1024
 
 
 def _fsync_folder(folder: Path) -> None:
