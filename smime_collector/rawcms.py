@@ -21,6 +21,7 @@ MAX_DEPTH = 8
 _SEQUENCE = 0x30
 _SET = 0x31
 _OID = 0x06
+_INTEGER = 0x02
 #: id-signedData, as its DER OID element.
 SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")
 #: The plain field tags: SignedData (version, digestAlgorithms, encapContentInfo,
@@ -150,7 +151,7 @@ class PlainSigner:
     sid: bytes  # the whole SignerIdentifier element
     digest_algorithm: bytes  # the whole AlgorithmIdentifier element
     signed_attrs: bytes | None  # the contents of [0] signedAttrs; None when there are none
-    attributes: list[tuple[bytes, bytes]]  # per signed attribute: its OID element, itself
+    attributes: list[tuple[bytes, bytes]]  # per signed attribute: its OID and value SET
     signature_algorithm: bytes  # the whole AlgorithmIdentifier element
     signature: bytes  # the contents of the signature OCTET STRING
 
@@ -223,7 +224,7 @@ def _plain_signer(data: bytes, info: _Element, memo: _Memo) -> PlainSigner | Non
                 or pair[1].tag != _SET
             ):
                 return None
-            attributes.append((_bytes(data, pair[0]), _bytes(data, attr)))
+            attributes.append((_bytes(data, pair[0]), _bytes(data, pair[1])))
         parts = [*parts[:3], *parts[4:]]
     algorithm, signature = parts[3], parts[4]
     return PlainSigner(
@@ -234,6 +235,34 @@ def _plain_signer(data: bytes, info: _Element, memo: _Memo) -> PlainSigner | Non
         _bytes(data, algorithm),
         data[signature.body : signature.content_end],
     )
+
+
+def set_members(element: bytes) -> tuple[bytes, list[bytes]]:
+    """The contents of the SET (or SEQUENCE) ``element`` and each member's exact bytes."""
+    top = _element(element, 0, len(element))
+    return element[top.body : top.content_end], [
+        _bytes(element, member) for member in _children(element, top, 1)
+    ]
+
+
+def issuer_and_serial(element: bytes) -> tuple[bytes, int] | None:
+    """The issuer Name (exact bytes) and serial number of an IssuerAndSerialNumber, when it
+    is exactly a definite-length Name and a primitive INTEGER; None otherwise."""
+    top = _element(element, 0, len(element))
+    fields = _children(element, top, 1) if top.tag == _SEQUENCE else []
+    if len(fields) != 2 or fields[0].tag != _SEQUENCE or fields[1].tag != _INTEGER:
+        return None
+    name, serial = fields
+    if name.content_end != name.end:
+        return None
+    number = int.from_bytes(element[serial.body : serial.end], "big", signed=True)
+    return _bytes(element, name), number
+
+
+def contents(element: bytes) -> bytes:
+    """The contents of one element (a primitive OCTET STRING's octets)."""
+    top = _element(element, 0, len(element))
+    return element[top.body : top.content_end]
 
 
 def _bytes(data: bytes, element: _Element) -> bytes:

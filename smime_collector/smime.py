@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from asn1crypto import cms
@@ -250,8 +251,9 @@ def _verify_plain(part: SignedPart) -> SignedData | None:
 
     The steps and their order are those of :func:`verify_with_asn1crypto` and
     :func:`_verify_signer_info`, on the same values: each element handed to asn1crypto is the
-    one it would have parsed in place, and the signed attributes are checked over the bytes
-    its ``untag().dump()`` gives for a definite-length SET.
+    one it would have parsed in place, each value read here is one asn1crypto reads from the
+    same bytes, and the signed attributes are checked over the bytes its ``untag().dump()``
+    gives for a definite-length SET.
     """
     try:
         plain = rawcms.plain_signed_data(part.cms_der)
@@ -269,9 +271,10 @@ def _verify_plain(part: SignedPart) -> SignedData | None:
     content = part.content or b""
     result = SignedData(certificates, exact, found.crls)
     try:
+        bag = _Bag(certificates, [_issuer_der(der) for der in found.certificates])
         content_type = _dotted(plain.content_type)
         for plain_signer in plain.signers:
-            signer = _verify_plain_signer(plain_signer, content, content_type, certificates)
+            signer = _verify_plain_signer(plain_signer, content, content_type, bag)
             if signer is None:
                 return None
             result.signers.append(signer)
@@ -280,8 +283,17 @@ def _verify_plain(part: SignedPart) -> SignedData | None:
     return result
 
 
+@dataclass
+class _Bag:
+    """The message's certificates with the encoding of each one's issuer name, which
+    cryptography makes anew on every ``issuer.public_bytes()`` (kept per certificate)."""
+
+    certs: list[x509.Certificate]
+    issuers: list[bytes]
+
+
 def _verify_plain_signer(
-    plain: rawcms.PlainSigner, content: bytes, content_type: str, bag: list[x509.Certificate]
+    plain: rawcms.PlainSigner, content: bytes, content_type: str, bag: _Bag
 ) -> Signer | None:
     digest_name = _digest_name(plain.digest_algorithm)
     hash_cls = _HASHES.get(digest_name)
@@ -292,12 +304,12 @@ def _verify_plain_signer(
     if signature_hash not in _HASHES:
         return None
     if plain.sid[0] == 0x80:  # [0] subjectKeyIdentifier, primitive
-        cert = _by_key_id(asn1.OctetString.load(plain.sid, implicit=0).native, bag)
+        cert = _by_key_id(rawcms.contents(plain.sid), bag.certs)
     else:
-        cert = _by_issuer_serial(cms.IssuerAndSerialNumber.load(plain.sid), bag)
+        cert = _plain_by_issuer_serial(plain.sid, bag)
     if cert is None:
         return None
-    values: dict[str, asn1.Asn1Value] = {}
+    values: dict[str, tuple[bytes, list[bytes]]] = {}
     if plain.signed_attrs is None:
         signed_bytes = content
     else:
@@ -305,18 +317,70 @@ def _verify_plain_signer(
             return None
         if len(plain.attributes) > MAX_SIGNED_ATTRIBUTES:
             return None
-        for oid, attribute in plain.attributes:
+        for oid, value_set in plain.attributes:
             if (name := _dotted(oid)) in READ_ATTRIBUTES:
-                values[name] = cms.CMSAttribute.load(attribute)["values"]
-        if not _check_attributes(values, content, content_type, hash_cls).ok:
+                values[name] = rawcms.set_members(value_set)
+        if not _plain_attributes_match(values, content, content_type, hash_cls):
             return None
         signed_bytes = _set_of(plain.signed_attrs)
     check = _verify_signature(cert, algorithm, plain.signature, signed_bytes, hash_cls)
     if not check.ok:
         return None
-    preference = _encryption_preference(values, bag)
+    standard = values.get(SMIME_ENCRYPTION_KEY_PREFERENCE)
+    microsoft = values.get(MS_ENCRYPTION_KEY_PREFERENCE)
+    preference = _preference(
+        None if standard is None else standard[0],
+        None if microsoft is None else microsoft[0],
+        bag.certs,
+        lambda element: _plain_by_issuer_serial(element, bag),
+    )
     weakest = signature_hash if signature_hash in WEAK_DIGESTS else digest_name
     return Signer(cert, weakest, check.detail, preference)
+
+
+def _plain_attributes_match(
+    values: dict[str, tuple[bytes, list[bytes]]],
+    content: bytes,
+    content_type: str,
+    hash_cls: type[hashes.HashAlgorithm],
+) -> bool:
+    """What :func:`_check_attributes` passes, read from the members' bytes: one contentType
+    OID equal to the content's type, one primitive messageDigest OCTET STRING equal to the
+    content's digest. A member of another type is left to asn1crypto (False)."""
+    declared = values.get(CONTENT_TYPE)
+    digest = values.get(MESSAGE_DIGEST)
+    if declared is None or digest is None or len(declared[1]) != 1 or len(digest[1]) != 1:
+        return False
+    oid, octets = declared[1][0], digest[1][0]
+    if oid[0] != 0x06 or octets[0] != 0x04 or _dotted(oid) != content_type:
+        return False
+    return rawcms.contents(octets) == hashlib.new(hash_cls.name, content).digest()
+
+
+def _plain_by_issuer_serial(element: bytes, bag: _Bag) -> x509.Certificate | None:
+    """:func:`_by_issuer_serial` on the exact bytes of an IssuerAndSerialNumber; an unusual
+    encoding of one is read by asn1crypto as there."""
+    found = rawcms.issuer_and_serial(element)
+    if found is None:
+        return _by_issuer_serial(cms.IssuerAndSerialNumber.load(element), bag.certs)
+    encoded, serial = found
+    candidates = [i for i, cert in enumerate(bag.certs) if cert.serial_number == serial]
+    for i in candidates:
+        if bag.issuers[i] == encoded:
+            return bag.certs[i]
+    if not candidates:
+        return None
+    issuer = asn1_x509.Name.load(encoded)
+    for i in candidates:
+        if asn1_x509.Name.load(bag.issuers[i]) == issuer:
+            return bag.certs[i]
+    return None
+
+
+@functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)
+def _issuer_der(der: bytes) -> bytes:
+    """``issuer.public_bytes()`` of the certificate ``der`` loads to."""
+    return _load_certificate(der).issuer.public_bytes()
 
 
 def _set_of(contents: bytes) -> bytes:
@@ -630,18 +694,34 @@ def _encryption_preference(
 
     The signature has verified by now: a preference that cannot be parsed is ignored.
     """
+    standard = values.get(SMIME_ENCRYPTION_KEY_PREFERENCE)
+    microsoft = values.get(MS_ENCRYPTION_KEY_PREFERENCE)
+    return _preference(
+        None if standard is None else standard.contents,
+        None if microsoft is None else microsoft.contents,
+        bag,
+        lambda element: _by_issuer_serial(cms.IssuerAndSerialNumber.load(element), bag),
+    )
+
+
+def _preference(
+    standard: bytes | None,
+    microsoft: bytes | None,
+    bag: list[x509.Certificate],
+    by_issuer_serial: Callable[[bytes], x509.Certificate | None],
+) -> x509.Certificate | None:
+    """:func:`_encryption_preference` from the contents of the two attributes' value sets;
+    ``by_issuer_serial`` finds the certificate an IssuerAndSerialNumber element names."""
     try:
-        standard = values.get(SMIME_ENCRYPTION_KEY_PREFERENCE)
         if standard is not None:
-            preference = _EncryptionKeyPreference.load(standard.contents)
+            preference = _EncryptionKeyPreference.load(standard)
             if preference.name == "issuer_and_serial_number":
                 return _by_issuer_serial(preference.chosen, bag)
             if preference.name == "recipient_key_id":
                 return _by_key_id(preference.chosen["subject_key_identifier"].native, bag)
             return _by_key_id(preference.chosen.native, bag)
-        microsoft = values.get(MS_ENCRYPTION_KEY_PREFERENCE)
         if microsoft is not None:
-            return _by_issuer_serial(cms.IssuerAndSerialNumber.load(microsoft.contents), bag)
+            return by_issuer_serial(microsoft)
     except (ValueError, TypeError, KeyError):
         return None
     return None
