@@ -17,10 +17,9 @@ import glob
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -149,15 +148,34 @@ def record_verdict(verdict: Verdict, intake: str) -> None:
         STORED.inc()
 
 
-@contextmanager
-def stage(name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        elapsed = time.perf_counter() - start
-        STAGE_DURATION.labels(name).observe(elapsed)
-        STAGE_SECONDS.labels(name).observe(elapsed)
+def stage(name: str) -> StageTimer:
+    """``with stage("dkim"):`` observes the block's duration in :data:`STAGE_DURATION` (and
+    its deprecated alias :data:`STAGE_SECONDS`)."""
+    return StageTimer(name)
+
+
+class StageTimer:
+    """A context manager as a class, and each stage's labelled children looked up once: five
+    stages per message made the generator-based one and ``labels()`` cost ~10 µs."""
+
+    __slots__ = ("children", "start")
+    _children: dict[str, tuple[Any, Any]] = {}
+
+    def __init__(self, name: str) -> None:
+        children = self._children.get(name)
+        if children is None:
+            children = (STAGE_DURATION.labels(name), STAGE_SECONDS.labels(name))
+            self._children[name] = children
+        self.children = children
+        self.start = 0.0
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        for child in self.children:
+            child.observe(elapsed)
 
 
 class WorkerFiles:

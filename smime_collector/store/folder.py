@@ -193,7 +193,8 @@ class FolderStore:
             return []
 
     def _marker(self, address: str, cert: x509.Certificate) -> Path:
-        return self.folder / HISTORY / f"{address.lower()}.{fingerprint(cert)}{REVOKED_SUFFIX}"
+        name = f"{address.lower()}.{_fingerprint(cert)}{REVOKED_SUFFIX}"
+        return self.folder / HISTORY / name
 
     def is_revoked(self, address: str, cert: x509.Certificate) -> bool:
         """Whether ``cert`` was found revoked for ``address`` (it has a marker)."""
@@ -570,6 +571,9 @@ class FolderStore:
 #: Certificate files read, parsed once per distinct content (up to a size no certificate
 #: reaches): the same certificates are read again for every message their owners send.
 _load_pem = functools.lru_cache(maxsize=256)(x509.load_pem_x509_certificate)
+#: Fingerprints of the certificates saved, checked for a revocation marker on every save:
+#: cryptography serialises a certificate anew for each fingerprint (11 µs).
+_fingerprint = functools.lru_cache(maxsize=1024)(fingerprint)
 MAX_CACHED_PEM_BYTES = 16 * 1024
 
 
