@@ -59,10 +59,13 @@ class FolderJournal:
 
     def append(self, entry: JournalEntry) -> None:
         day = entry.at.date()
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         line = (entry.to_json() + "\n").encode("utf-8")
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.path_for(day), flags, 0o600)
+        try:
+            fd = os.open(self.path_for(day), flags, 0o600)
+        except FileNotFoundError:  # the folder is made when missing, not checked per record
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path_for(day), flags, 0o600)
         try:
             if os.fstat(fd).st_size + len(line) > MAX_DAY_BYTES:
                 log.warning(
