@@ -5,6 +5,11 @@ asn1crypto does once anything has touched its fields) can change those bytes, e.
 subjectUniqueID BIT STRING, and then the CA's signature no longer verifies and a stored
 certificate would hold bytes its CA never signed. So the members are cut out of the message's
 own bytes by walking the BER/DER structure, never re-serialised.
+
+The same walker reads a SignedData of the plain shape mail clients send
+(:func:`plain_signed_data`): each part of each SignerInfo as its exact bytes, so that the
+signature check parses no more than the few small values it reads (asn1crypto's lazy parsing
+of the whole structure was the larger part of verifying a signature).
 """
 
 from __future__ import annotations
