@@ -18,12 +18,14 @@ import multiprocessing
 import os
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -45,7 +47,7 @@ from smime_collector.store.folder import HISTORY, INDEX, LOCKS, unsafe_address
 from smime_collector.store.folderjournal import JOURNAL_DIR
 from smime_collector.store.postgres import PostgresStore
 from smime_collector.trust import fingerprint
-from smime_collector.verdict import Outcome
+from smime_collector.verdict import Outcome, Reason, Verdict
 from tests import pki
 from tests.helpers import post_batch, relay_event, visible_files
 from tests.mailfactory import MailFactory
@@ -1129,3 +1131,182 @@ def test_the_verdict_journal(any_store) -> None:
     assert (first.at, first.message_id, first.intake) == (noon, "<6@x>", "sparkpost")
     counts = any_store.verdict_counts(noon - dt.timedelta(hours=14))
     assert counts == {("rejected", "expired"): 2, ("stored", "ok"): 1}
+
+
+# -- the answer memory for replayed deliveries (both backends) -------------------------------
+
+
+class Clock:
+    """The answer memory's clock, moved by the test instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def answer_store(spec: tuple[str, str], **bounds: Any) -> CertStore:
+    """A store of ``spec`` whose answer memory has the given bounds and clock, prepared."""
+    kind, where = spec
+    store: CertStore = (
+        FolderStore(Path(where), **bounds)
+        if kind == "folder"
+        else PostgresStore(where, PASSWORD, **bounds)
+    )
+    store.prepare()
+    return store
+
+
+def remembered_rows(spec: tuple[str, str]) -> int:
+    """How many answers the backend holds, read behind its back."""
+    kind, where = spec
+    if kind == "folder":
+        with contextlib.closing(sqlite3.connect(Path(where) / ".answers.sqlite3")) as db:
+            return db.execute("SELECT count(*) FROM answers").fetchone()[0]
+    with psycopg.connect(where, password=PASSWORD) as conn:
+        return conn.execute("SELECT count(*) FROM answers").fetchone()[0]
+
+
+def verdict(outcome: Outcome = Outcome.STORED) -> Verdict:
+    reason = Reason.DNS_ERROR if outcome is Outcome.TEMPFAIL else Reason.OK
+    return Verdict(outcome, reason, "bob@example.org", "somewhere", "a detail")
+
+
+def test_a_final_answer_is_recalled_for_its_lifetime(backend) -> None:
+    clock = Clock()
+    store = answer_store(backend, remember_seconds=60, answer_clock=clock)
+    try:
+        store.remember_answer("mailgun", "token-1", verdict())
+        store.remember_answer("mailgun", "token-2", verdict(Outcome.TEMPFAIL))
+        store.remember_answer("ses", "id-1", verdict(Outcome.REJECTED))
+        assert store.recall_answer("mailgun", "token-1") == Verdict(
+            Outcome.STORED, Reason.OK, "bob@example.org"
+        )
+        assert store.recall_answer("mailgun", "token-2") is None, "tempfail: the retry is judged"
+        assert store.recall_answer("ses", "id-1").outcome is Outcome.REJECTED
+        assert store.recall_answer("ses", "token-1") is None, "doors do not share keys"
+        assert store.recall_answer("mailgun", "token-3") is None
+        clock.now += 60
+        assert store.recall_answer("mailgun", "token-1") is not None
+        clock.now += 1
+        assert store.recall_answer("mailgun", "token-1") is None
+        store.remember_answer("mailgun", "token-4", verdict())
+        assert remembered_rows(backend) == 1, "expired answers are dropped, not only hidden"
+    finally:
+        store.close()
+
+
+def test_the_memory_keeps_at_most_its_limit_dropping_the_oldest(backend) -> None:
+    clock = Clock()
+    store = answer_store(backend, max_remembered=3, answer_clock=clock)
+    try:
+        for n in range(5):
+            clock.now += 1
+            store.remember_answer("ses", f"id-{n}", verdict())
+        assert [store.recall_answer("ses", f"id-{n}") is not None for n in range(5)] == [
+            False, False, True, True, True,
+        ]  # fmt: skip
+        store.remember_answer("ses", "id-2", verdict(Outcome.REJECTED))  # answered again: newest
+        store.remember_answer("ses", "id-5", verdict())
+        assert [store.recall_answer("ses", f"id-{n}") is not None for n in range(2, 6)] == [
+            True, False, True, True,
+        ]  # fmt: skip
+        assert store.recall_answer("ses", "id-2").outcome is Outcome.REJECTED
+        assert remembered_rows(backend) == 3
+    finally:
+        store.close()
+
+
+def test_the_memory_holds_any_key_a_provider_sends(backend) -> None:
+    store = answer_store(backend)
+    keys = ["x" * 100_000, "", "ключ\x00'; DROP TABLE answers; --", "a\ud800b"]
+    try:
+        for n, key in enumerate(keys):
+            store.remember_answer("mailgun", key, Verdict(Outcome.REJECTED, Reason.OK, f"{n}@x"))
+        assert [store.recall_answer("mailgun", key).email for key in keys] == [
+            "0@x", "1@x", "2@x", "3@x",
+        ]  # fmt: skip
+    finally:
+        store.close()
+
+
+def _remember_many(spec: tuple[str, str], worker: int, barrier) -> None:
+    """Runs in a spawned process (another worker, or another host): remember 50 answers."""
+    store = open_backend(spec)
+    barrier.wait(timeout=60)
+    for n in range(50):
+        store.remember_answer("mailgun", f"w{worker}-{n}", verdict(Outcome.UNCHANGED))
+    store.close()
+
+
+def test_answers_remembered_by_other_processes_are_recalled(backend) -> None:
+    """Four processes remember at once (the folder's file locks, the database's rows); a
+    fifth recalls every answer."""
+    open_backend(backend).prepare()
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    workers = [
+        ctx.Process(target=_remember_many, args=(backend, worker, barrier)) for worker in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0] * 4
+    store = open_backend(backend)
+    try:
+        found = [store.recall_answer("mailgun", f"w{w}-{n}") for w in range(4) for n in range(50)]
+    finally:
+        store.close()
+    assert found == [Verdict(Outcome.UNCHANGED, Reason.OK, "bob@example.org")] * 200
+    assert remembered_rows(backend) == 200
+
+
+def test_an_unusable_memory_raises_store_unavailable(backend, tmp_path) -> None:
+    """A damaged file, or a database whose table is gone: the caller judges as new."""
+    store = answer_store(backend)
+    if backend[0] == "folder":
+        (Path(backend[1]) / ".answers.sqlite3").write_bytes(b"this is not a database" * 100)
+    else:
+        with psycopg.connect(backend[1], password=PASSWORD, autocommit=True) as conn:
+            conn.execute("DROP TABLE answers")
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.remember_answer("mailgun", "t", verdict())
+        with pytest.raises(StoreUnavailable):
+            store.recall_answer("mailgun", "t")
+        assert store.save(ADDRESS, pki.make_leaf(pki.make_root("R"), ADDRESS).cert).changed, (
+            "the certificates are not affected"
+        )
+    finally:
+        store.close()
+
+
+def test_a_database_of_the_first_schema_gains_the_answer_table(database_url, make_cert) -> None:
+    """A database made by the version before the answer memory: migrated in place at start-up
+    (under the advisory lock), its certificates kept."""
+    cert = make_cert()
+    with psycopg.connect(database_url, password=PASSWORD, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, "
+                     "applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+        conn.execute(schema.STEPS[0])
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        conn.execute(
+            "INSERT INTO certificates (sha256, der, issuer, not_before, not_after) "
+            "VALUES (%s, %s, 'x', now(), now())",
+            (fingerprint(cert), pem_der(cert)),
+        )
+        conn.execute(
+            "INSERT INTO addresses (address, sha256, not_after) VALUES (%s, %s, now())",
+            (ADDRESS, fingerprint(cert)),
+        )
+    store = answer_store(("postgresql", database_url))
+    try:
+        with psycopg.connect(database_url, password=PASSWORD) as conn:
+            assert schema.current_version(conn) == schema.VERSION == 2
+        assert store.get(ADDRESS) == cert
+        store.remember_answer("ses", "id", verdict())
+        assert store.recall_answer("ses", "id") is not None
+    finally:
+        store.close()

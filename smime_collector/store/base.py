@@ -13,7 +13,11 @@ What a store keeps, whatever the backend:
   replaced because it was revoked (``revoked``), or refused because the stored one is newer
   (``refused-older``), each with when and why (:class:`HistoryEntry`);
 - an index over the current certificates, so that listings (``GET /certs``,
-  ``?expiring-within=``, re-checks) never read and parse every certificate.
+  ``?expiring-within=``, re-checks) never read and parse every certificate;
+- the *answer memory*: the final verdict each provider delivery key (a Mailgun token, an SNS
+  ``MessageId``) got, so that a replay gets the same answer without being judged again on
+  whichever worker or host it reaches. It lives in the store because the store is what every
+  worker and every host behind one load balancer share.
 
 Adding a method: add it here with its contract, then to every backend (``folder.py``,
 ``postgres.py``), and run ``tests/test_certstore.py``, which runs each test on both.
@@ -21,6 +25,7 @@ Adding a method: add it here with its contract, then to every backend (``folder.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +37,7 @@ from cryptography import x509
 
 from smime_collector.journal import JournalEntry, JournalPage
 from smime_collector.trust import fingerprint
-from smime_collector.verdict import Check
+from smime_collector.verdict import Check, Outcome, Reason, Verdict
 
 
 class Decision(Enum):
@@ -239,6 +244,27 @@ def matches(entry: Entry, text: str) -> bool:
     )
 
 
+#: How long a final answer is remembered: longer than any provider retries (Mailgun 8 h).
+REMEMBER_SECONDS = 24 * 3600
+#: Answers kept at most, oldest dropped first (about 200 bytes each).
+MAX_REMEMBERED = 100_000
+
+
+def answer_key(key: str) -> str:
+    """A delivery key as the answer memory keeps it: hashed, so fixed length whatever the
+    provider (or someone replaying its request) sends."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def remembered_verdict(outcome: str, reason: str, email: str | None) -> Verdict | None:
+    """A remembered answer read back; ``None`` for codes this version does not know (written
+    by another version during a rolling upgrade), which are then judged again."""
+    try:
+        return Verdict(Outcome(outcome), Reason(reason), email)
+    except ValueError:
+        return None
+
+
 class CertStore(Protocol):
     """Where certificates live. Backends: ``folder`` (default) and ``postgresql``."""
 
@@ -342,6 +368,19 @@ class CertStore(Protocol):
 
     def verdict_counts(self, since: datetime) -> Counter[tuple[str, str]]:
         """How many verdicts since ``since``, by (outcome, reason)."""
+
+    def recall_answer(self, door: str, key: str) -> Verdict | None:
+        """The final verdict the delivery ``key`` (a Mailgun token, an SNS ``MessageId``) got
+        at ``door`` within :data:`REMEMBER_SECONDS`, as any process or host sharing this store
+        remembered it; ``None`` when there is none. Raises :class:`StoreUnavailable` when the
+        memory cannot be read: the caller then judges the delivery as new, which is safe
+        because judging is idempotent."""
+
+    def remember_answer(self, door: str, key: str, verdict: Verdict) -> None:
+        """Remember ``verdict`` for ``key`` at ``door`` if it is final (``tempfail`` never is
+        remembered, so the provider's retry is judged again), for :data:`REMEMBER_SECONDS`,
+        keeping at most :data:`MAX_REMEMBERED` answers, oldest dropped first. Raises
+        :class:`StoreUnavailable` when it cannot (the answer is then simply not remembered)."""
 
     def health(self) -> Check:
         """Can the store be written now? A failure is a ``store-error`` retry check."""

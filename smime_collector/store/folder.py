@@ -17,7 +17,8 @@ dot-prefixed:
 - ``.chains/<address>.pem``: the issuers of each current certificate, for ``--recheck``;
 - ``.locks/``: one lock file per address;
 - ``.index/``: the sidecar listing index (``folderindex.py``), a cache rebuilt from the files;
-- ``.verdicts/``: the verdict journal (``folderjournal.py``), kept ``verdict-retention-days``.
+- ``.verdicts/``: the verdict journal (``folderjournal.py``), kept ``verdict-retention-days``;
+- ``.answers.sqlite3``: the answer memory for replayed deliveries (``folderanswers.py``).
 
 The folder layout is also what ``--export`` writes, so file-reading consumers keep working.
 """
@@ -34,8 +35,9 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +48,8 @@ from cryptography.hazmat.primitives import serialization
 
 from smime_collector.journal import JournalEntry, JournalPage
 from smime_collector.store.base import (
+    MAX_REMEMBERED,
+    REMEMBER_SECONDS,
     Decision,
     Entry,
     HistoryEntry,
@@ -60,10 +64,12 @@ from smime_collector.store.base import (
     parse_stamp,
     supersede,
 )
+from smime_collector.store.folderanswers import FILE_NAME as ANSWERS
+from smime_collector.store.folderanswers import FolderAnswers
 from smime_collector.store.folderindex import INDEX_DIR, FolderIndex, IndexUnusable
 from smime_collector.store.folderjournal import FolderJournal
 from smime_collector.trust import CORRUPT_CERTIFICATE, fingerprint
-from smime_collector.verdict import Check, Reason
+from smime_collector.verdict import Check, Reason, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +121,21 @@ class FolderStore:
 
     kind = "folder"
 
-    def __init__(self, folder: Path, retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
+        *,
+        remember_seconds: float = REMEMBER_SECONDS,
+        max_remembered: int = MAX_REMEMBERED,
+        answer_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.folder = folder
         self.index = FolderIndex(folder)
         self.journal = FolderJournal(folder, retention_days)
+        self.answers = FolderAnswers(
+            folder / ANSWERS, ttl=remember_seconds, limit=max_remembered, clock=answer_clock
+        )
 
     def unsafe(self, address: str) -> str | None:
         return unsafe_address(address)
@@ -131,6 +148,7 @@ class FolderStore:
 
     def close(self) -> None:
         self.index.close()
+        self.answers.close()
 
     def ensure(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -383,6 +401,12 @@ class FolderStore:
 
     def verdict_counts(self, since: datetime) -> Counter[tuple[str, str]]:
         return self.journal.counts(since)
+
+    def recall_answer(self, door: str, key: str) -> Verdict | None:
+        return self.answers.recall(door, key)
+
+    def remember_answer(self, door: str, key: str, verdict: Verdict) -> None:
+        self.answers.remember(door, key, verdict)
 
     def _keep_history(self, address: str, cert: x509.Certificate, der: bytes) -> None:
         """Keep ``cert`` (whose exact bytes are ``der``) under ``.history/``."""

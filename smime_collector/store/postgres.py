@@ -7,7 +7,9 @@ Tables (``schema.py`` creates and migrates them):
 - ``addresses``: each address (lower case) → its current certificate, with a copy of that
   certificate's notAfter so that ``?expiring-within=`` is one index range scan;
 - ``history``: append-only (a trigger refuses UPDATE, DELETE and TRUNCATE): replaced, revoked
-  and refused-as-older certificates, with when (the database's clock) and why.
+  and refused-as-older certificates, with when (the database's clock) and why;
+- ``answers``: the answer memory for replayed deliveries (Mailgun tokens, SNS MessageIds), so
+  that a replay reaching another host gets the answer the first host gave.
 
 No downgrade across hosts: a save locks the address's row (``SELECT ... FOR UPDATE``, or
 inserts it) and decides with :func:`supersede` inside that one transaction, so two hosts saving
@@ -30,9 +32,9 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -46,6 +48,8 @@ from psycopg_pool import ConnectionPool
 from smime_collector.journal import JournalEntry, JournalPage
 from smime_collector.store import schema
 from smime_collector.store.base import (
+    MAX_REMEMBERED,
+    REMEMBER_SECONDS,
     Decision,
     Entry,
     HistoryEntry,
@@ -56,10 +60,12 @@ from smime_collector.store.base import (
     StoreUnavailable,
     Why,
     address_problem,
+    answer_key,
+    remembered_verdict,
     supersede,
 )
 from smime_collector.trust import fingerprint
-from smime_collector.verdict import Check, Reason
+from smime_collector.verdict import Check, Reason, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +153,18 @@ MARK_REVOKED_SQL = (
     "INSERT INTO revoked (address, sha256, found, detail) "
     "VALUES (%s, %s, coalesce(%s, now()), %s) ON CONFLICT DO NOTHING"
 )
+RECALL_SQL = "SELECT outcome, reason, email FROM answers WHERE door = %s AND key = %s AND at >= %s"
+# One statement: the answer (a key remembered again takes a new id, so it counts as newest),
+# then whatever expired or lies more than the limit behind it. Ids only grow, so the rows left
+# are at most the limit, whichever hosts wrote them.
+REMEMBER_SQL = (
+    "SET LOCAL synchronous_commit = off; "
+    "WITH kept AS (INSERT INTO answers (door, key, outcome, reason, email, at) VALUES ({}) "
+    "ON CONFLICT (door, key) DO UPDATE SET outcome = excluded.outcome, "
+    "reason = excluded.reason, email = excluded.email, at = excluded.at, id = excluded.id "
+    "RETURNING id) "
+    "DELETE FROM answers WHERE id <= (SELECT id FROM kept) - {} OR at < {};"
+)
 LIST_SQL = (
     "SELECT a.address, c.issuer, a.not_after, a.sha256 "
     "FROM addresses a JOIN certificates c USING (sha256) WHERE " + NOT_REVOKED
@@ -177,10 +195,17 @@ class PostgresStore:
         password: str = "",
         pool_size: int = 4,
         retention_days: int = DEFAULT_RETENTION_DAYS,
+        *,
+        remember_seconds: float = REMEMBER_SECONDS,
+        max_remembered: int = MAX_REMEMBERED,
+        answer_clock: Callable[[], float] = time.time,
     ) -> None:
         self.url = url
         self.pool_size = pool_size
         self.retention_days = retention_days
+        self.remember_seconds = remember_seconds
+        self.max_remembered = max_remembered
+        self.answer_clock = answer_clock
         self._prune_at = 0.0
         self.description = safe_url(url)
         self._kwargs: dict[str, Any] = {
@@ -507,6 +532,39 @@ class PostgresStore:
                 (since,),
             ).fetchall()
         return Counter({(outcome, reason): count for outcome, reason, count in rows})
+
+    # -- the answer memory ----------------------------------------------------------------
+
+    def recall_answer(self, door: str, key: str) -> Verdict | None:
+        oldest = self._answer_time(-self.remember_seconds)
+        with self._connection() as conn:
+            row = conn.execute(RECALL_SQL, (door, answer_key(key), oldest)).fetchone()
+        return None if row is None else remembered_verdict(*row)
+
+    def remember_answer(self, door: str, key: str, verdict: Verdict) -> None:
+        """Written without waiting for the disk, as the verdict journal: other hosts see it as
+        soon as it commits, and a crash that loses it costs one more judgement."""
+        if not verdict.final:
+            return
+        values = [
+            door,
+            answer_key(key),
+            verdict.outcome.value,
+            str(verdict.reason),
+            verdict.email,
+            self._answer_time(0),
+        ]
+        statement = sql.SQL(REMEMBER_SQL).format(
+            sql.SQL(", ").join(map(sql.Literal, values)),
+            sql.Literal(self.max_remembered),
+            sql.Literal(self._answer_time(-self.remember_seconds)),
+        )
+        with self._connection() as conn:
+            conn.execute(statement)  # no parameters: one simple query, one transaction
+
+    def _answer_time(self, offset: float) -> datetime:
+        """This host's clock (hosts keep theirs in sync far better than the 24 h that matter)."""
+        return datetime.fromtimestamp(self.answer_clock() + offset, UTC)
 
     def history(self, address: str) -> list[HistoryEntry]:
         address = address.strip().lower()

@@ -71,6 +71,21 @@ STEPS: tuple[str, ...] = (
     CREATE TRIGGER history_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON history
         FOR EACH STATEMENT EXECUTE FUNCTION history_is_append_only();
     """,
+    # The answer memory for replayed deliveries, shared by every host: ``id`` orders answers
+    # by when they were remembered, so the size bound is one index range (see postgres.py).
+    """
+    CREATE TABLE answers (
+        id bigserial PRIMARY KEY,
+        door text NOT NULL,
+        key text NOT NULL CHECK (key ~ '^[0-9a-f]{64}$'),
+        outcome text NOT NULL,
+        reason text NOT NULL,
+        email text,
+        at timestamptz NOT NULL,
+        UNIQUE (door, key)
+    );
+    CREATE INDEX answers_at ON answers (at);
+    """,
 )
 VERSION = len(STEPS)
 
