@@ -96,6 +96,12 @@ def stored_fingerprint(certs: Path, email: str) -> str | None:
     return x509.load_pem_x509_certificate(path.read_bytes()).fingerprint(hashes.SHA256()).hex()
 
 
+def store_fingerprint(collector: Collector, email: str) -> str | None:
+    """The SHA-256 of ``email``'s certificate in the collector's store, whichever backend."""
+    cert = collector.store.get(email)
+    return None if cert is None else cert.fingerprint(hashes.SHA256()).hex()
+
+
 class Recording(Collector):
     """The real pipeline, keeping what each door handed it, to compare with what was sent."""
 

@@ -1,14 +1,11 @@
-"""The doors' configuration keys: their defaults, their checks, and the memory of answers."""
+"""The doors' configuration keys: their defaults and their checks. (The memory of answers is the
+store's: ``tests/test_certstore.py`` tests it on both backends.)"""
 
 from __future__ import annotations
-
-import sqlite3
 
 import pytest
 
 from smime_collector.config import ConfigError, Settings
-from smime_collector.intake.answers import AnswerMemory
-from smime_collector.verdict import Outcome, Reason, Verdict
 
 
 def test_defaults(tmp_path) -> None:
@@ -75,62 +72,3 @@ def test_door_secrets_come_from_files(tmp_path, name) -> None:
     (tmp_path / "secret").write_text("user:from-a-file\n")
     settings = Settings.from_mapping({f"{name}-file": "secret"}, tmp_path, "test")
     assert getattr(settings, name.replace("-", "_")) == "user:from-a-file"
-
-
-def _verdict(outcome: Outcome = Outcome.STORED) -> Verdict:
-    return Verdict(outcome, Reason.OK if outcome is not Outcome.TEMPFAIL else Reason.DNS_ERROR,
-                   "bob@example.org")  # fmt: skip
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_memory_recalls_final_answers_for_their_lifetime(tmp_path) -> None:
-    clock = Clock()
-    memory = AnswerMemory(tmp_path / "answers.sqlite3", ttl=60, clock=clock)
-    memory.remember("mailgun", "token-1", _verdict())
-    memory.remember("mailgun", "token-2", _verdict(Outcome.TEMPFAIL))
-    assert memory.recall("mailgun", "token-1") == Verdict(
-        Outcome.STORED, Reason.OK, "bob@example.org"
-    )
-    assert memory.recall("mailgun", "token-2") is None  # tempfail: the retry is judged
-    assert memory.recall("ses", "token-1") is None  # doors do not share keys
-    clock.now += 61
-    assert memory.recall("mailgun", "token-1") is None
-
-
-def test_memory_keeps_at_most_its_limit_dropping_the_oldest(tmp_path) -> None:
-    clock = Clock()
-    memory = AnswerMemory(tmp_path / "answers.sqlite3", limit=3, clock=clock)
-    for n in range(5):
-        clock.now += 1
-        memory.remember("ses", f"id-{n}", _verdict())
-    assert [memory.recall("ses", f"id-{n}") is not None for n in range(5)] == [
-        False, False, True, True, True,
-    ]  # fmt: skip
-    rows = sqlite3.connect(tmp_path / "answers.sqlite3").execute("SELECT count(*) FROM answers")
-    assert rows.fetchone()[0] == 3
-
-
-def test_memory_is_shared_through_its_file(tmp_path) -> None:
-    one = AnswerMemory(tmp_path / "answers.sqlite3")
-    two = AnswerMemory(tmp_path / "answers.sqlite3")
-    one.remember("mailgun", "t", _verdict(Outcome.REJECTED))
-    assert two.recall("mailgun", "t").outcome is Outcome.REJECTED
-
-
-def test_an_unusable_memory_forgets_but_never_fails(tmp_path) -> None:
-    (tmp_path / "blocker").write_text("a file, not a folder")
-    memory = AnswerMemory(tmp_path / "blocker" / "answers.sqlite3")
-    memory.remember("mailgun", "t", _verdict())
-    assert memory.recall("mailgun", "t") is None
-    corrupt = tmp_path / "corrupt.sqlite3"
-    corrupt.write_bytes(b"this is not a database" * 100)
-    memory = AnswerMemory(corrupt)
-    memory.remember("mailgun", "t", _verdict())
-    assert memory.recall("mailgun", "t") is None

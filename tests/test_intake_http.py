@@ -1,6 +1,7 @@
 """The Mailgun, Postmark, SendGrid and raw doors through Flask's test client and the real
 pipeline: the corpus stored byte-exact through each, every authentication failure, malformed
-bodies named, tempfail and retry, Mailgun's token memory."""
+bodies named, tempfail and retry, Mailgun's token memory (on both store backends, and across
+two hosts sharing one database)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import time
 from collections.abc import Callable
 
+import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
@@ -22,11 +24,13 @@ from tests.intakes import (
     postmark_json,
     recording,
     sendgrid_fields,
+    store_fingerprint,
     stored_fingerprint,
     urlencoded,
 )
 from tests.mailfactory import MailFactory
 from tests.paths import SPARKY
+from tests.postgres import PASSWORD
 from webapp import create_app
 
 KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
@@ -53,15 +57,26 @@ def cases(factory) -> dict[str, Case]:
 
 @pytest.fixture
 def door(make_settings):
-    """``door(case, **settings)`` → (test client, recording collector, certificate folder)."""
+    """``door(case, **settings)`` → (test client, recording collector, certificate folder);
+    the collectors' stores are closed after the test."""
+    built = []
 
     def build(case: Case | None = None, **extra: str):
         settings = make_settings(**(case.settings if case else {}), **DOORS, **extra)
         collector = recording(settings)
+        built.append(collector)
         client = create_app(settings, collector).test_client()
         return client, collector, settings.user_certs_dir
 
-    return build
+    yield build
+    for collector in built:
+        collector.store.close()
+
+
+@pytest.fixture(params=["folder", "postgresql"])
+def store_keys(request) -> dict[str, str]:
+    """Configuration keys selecting each store backend (a fresh database for postgresql)."""
+    return {} if request.param == "folder" else request.getfixturevalue("database")
 
 
 def send_mailgun_multipart(client, raw: bytes, **kw):
@@ -400,9 +415,9 @@ def test_tempfail_is_503_and_the_retry_stores(door, cases, dns, sender) -> None:
     assert stored_fingerprint(certs, case.email) == case.fingerprint
 
 
-def test_mailgun_token_replay_gets_the_same_answer_without_judging(door, cases) -> None:
+def test_mailgun_token_replay_gets_the_same_answer_without_judging(door, cases, store_keys) -> None:
     case = cases["bob"]
-    client, collector, _ = door(case)
+    client, collector, _ = door(case, **store_keys)
     fields = mailgun_fields(case.raw, KEY)
     body, ctype = multipart(fields)
     first = client.post("/mailgun/mime", data=body, content_type=ctype)
@@ -414,30 +429,76 @@ def test_mailgun_token_replay_gets_the_same_answer_without_judging(door, cases) 
     assert len(collector.deliveries) == 1  # the token was answered: the new body is not judged
 
 
-def test_mailgun_token_memory_is_shared_by_every_worker(door, make_settings, cases) -> None:
-    """Two apps on one certificate folder, as two gunicorn workers: a replay reaching the
-    other one is not judged again either."""
+def test_mailgun_token_memory_is_shared_by_every_worker(
+    door, make_settings, cases, store_keys
+) -> None:
+    """Two apps on one store, as two gunicorn workers: a replay reaching the other one is not
+    judged again either."""
     case = cases["bob"]
-    client, collector, _ = door(case)
-    settings = make_settings(**case.settings, **DOORS)
-    other_collector = recording(settings)
-    other = create_app(settings, other_collector).test_client()
+    client, collector, _ = door(case, **store_keys)
+    other, other_collector, _ = door(case, **store_keys)
     body, ctype = multipart(mailgun_fields(case.raw, KEY))
     assert client.post("/mailgun/mime", data=body, content_type=ctype).status_code == 200
     assert other.post("/mailgun/mime", data=body, content_type=ctype).status_code == 200
     assert len(collector.deliveries) + len(other_collector.deliveries) == 1
 
 
-def test_mailgun_tempfail_is_not_remembered(door, cases, dns) -> None:
+def test_a_mailgun_replay_to_another_host_gets_the_remembered_answer(
+    door, cases, database, tmp_path
+) -> None:
+    """Two hosts (each its own folder and log) behind one load balancer, sharing one
+    PostgreSQL: the token host A answered reaches host B, which answers the same without
+    judging, even with another body under the same signature."""
     case = cases["bob"]
-    client, collector, certs = door(case)
+    host_a, judged_a, _ = door(case, **database)
+    host_b, judged_b, _ = door(
+        case,
+        **database,
+        user_certs_dir=str(tmp_path / "host-b" / "certs"),
+        log_file=str(tmp_path / "host-b" / "webapp.log"),
+    )
+    fields = mailgun_fields(case.raw, KEY)
+    body, ctype = multipart(fields)
+    first = host_a.post("/mailgun/mime", data=body, content_type=ctype)
+    assert first.status_code == 200
+    assert store_fingerprint(judged_b, case.email) == case.fingerprint, "one database"
+    replay = host_b.post("/mailgun/mime", data=body, content_type=ctype)
+    assert (replay.status_code, replay.get_json()) == (first.status_code, first.get_json())
+    swapped, ctype = multipart({**fields, "body-mime": b"From: x@example.org\r\n\r\nforged"})
+    assert host_b.post("/mailgun/mime", data=swapped, content_type=ctype).status_code == 200
+    assert (len(judged_a.deliveries), judged_b.deliveries) == (1, [])
+    log_b = (tmp_path / "host-b" / "webapp.log").read_text("utf-8")
+    assert log_b.count("token already answered (stored, ok)") == 2
+
+
+def test_an_unusable_answer_memory_means_judging_again(door, cases, store_keys) -> None:
+    """A damaged memory file, or a database whose answer table is gone: each delivery is
+    judged as new and gets the answer judging gives, never a 500 or a 503."""
+    case = cases["bob"]
+    client, collector, certs = door(case, **store_keys)
+    if store_keys:
+        with psycopg.connect(store_keys["database-url"], password=PASSWORD) as conn:
+            conn.execute("DROP TABLE answers")
+    else:
+        certs.mkdir(parents=True, exist_ok=True)
+        (certs / ".answers.sqlite3").write_bytes(b"this is not a database" * 100)
+    body, ctype = multipart(mailgun_fields(case.raw, KEY))
+    assert client.post("/mailgun/mime", data=body, content_type=ctype).status_code == 200
+    assert client.post("/mailgun/mime", data=body, content_type=ctype).status_code == 200
+    assert len(collector.deliveries) == 2
+    assert store_fingerprint(collector, case.email) == case.fingerprint
+
+
+def test_mailgun_tempfail_is_not_remembered(door, cases, dns, store_keys) -> None:
+    case = cases["bob"]
+    client, collector, _ = door(case, **store_keys)
     body, ctype = multipart(mailgun_fields(case.raw, KEY))
     dns.mode = "servfail"
     assert client.post("/mailgun/mime", data=body, content_type=ctype).status_code == 503
     dns.mode = "normal"
     assert client.post("/mailgun/mime", data=body, content_type=ctype).status_code == 200
     assert len(collector.deliveries) == 2
-    assert stored_fingerprint(certs, case.email) == case.fingerprint
+    assert store_fingerprint(collector, case.email) == case.fingerprint
 
 
 def _requests(status: str) -> float:

@@ -1,6 +1,7 @@
 """The Amazon SES door: SNS messages signed (versions 1 and 2) with a test key whose certificate
 a real HTTPS server on loopback serves, reached through ses-signing-cert-url-pattern and
-trusted through ses-ca-bundle."""
+trusted through ses-ca-bundle. MessageIds are deduplicated on both store backends, and across two
+hosts sharing one database."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.intakes import (
     eight_bit,
     recording,
     ses_notification,
+    store_fingerprint,
     stored_fingerprint,
     subscription_confirmation,
 )
@@ -49,7 +51,9 @@ def cases(factory):
 
 @pytest.fixture
 def ses(make_settings, https):
-    """``ses(case, **settings)`` → (client, recording collector, certificate folder)."""
+    """``ses(case, **settings)`` → (client, recording collector, certificate folder); the
+    collectors' stores are closed after the test."""
+    built = []
 
     def build(case=None, **extra: str):
         values = {
@@ -61,9 +65,18 @@ def ses(make_settings, https):
         }
         settings = make_settings(**values)
         collector = recording(settings)
+        built.append(collector)
         return create_app(settings, collector).test_client(), collector, settings.user_certs_dir
 
-    return build
+    yield build
+    for collector in built:
+        collector.store.close()
+
+
+@pytest.fixture(params=["folder", "postgresql"])
+def store_keys(request) -> dict[str, str]:
+    """Configuration keys selecting each store backend (a fresh database for postgresql)."""
+    return {} if request.param == "folder" else request.getfixturevalue("database")
 
 
 def post(client, message: dict):
@@ -198,26 +211,42 @@ def test_an_s3_action_notification_is_400_saying_it_is_not_covered(ses, signer, 
     assert collector.deliveries == []
 
 
-def test_a_message_id_answered_once_is_not_judged_again(ses, signer, cases) -> None:
-    client, collector, _ = ses(cases["bob"])
+def test_a_message_id_answered_once_is_not_judged_again(ses, signer, cases, store_keys) -> None:
+    client, collector, _ = ses(cases["bob"], **store_keys)
     message = signer.sign(ses_notification(cases["bob"].raw))
     first, again = post(client, message), post(client, message)
     assert first.status_code == again.status_code == 200
     assert len(collector.deliveries) == 1
 
 
+def test_a_message_id_answered_by_another_host_is_not_judged_again(
+    ses, signer, cases, database, tmp_path
+) -> None:
+    """SNS retries reach any host behind the load balancer; hosts share one database."""
+    host_a, judged_a, _ = ses(cases["bob"], **database)
+    host_b, judged_b, _ = ses(
+        cases["bob"],
+        **database,
+        user_certs_dir=str(tmp_path / "host-b" / "certs"),
+        log_file=str(tmp_path / "host-b" / "webapp.log"),
+    )
+    message = signer.sign(ses_notification(cases["bob"].raw))
+    assert post(host_a, message).status_code == post(host_b, message).status_code == 200
+    assert (len(judged_a.deliveries), judged_b.deliveries) == (1, [])
+
+
 def test_tempfail_is_503_and_the_retry_with_the_same_message_id_stores(
-    ses, signer, cases, dns
+    ses, signer, cases, dns, store_keys
 ) -> None:
     case = cases["bob"]
-    client, collector, certs = ses(case)
+    client, collector, _ = ses(case, **store_keys)
     message = signer.sign(ses_notification(case.raw))
     dns.mode = "servfail"
     assert post(client, message).status_code == 503
     dns.mode = "normal"
     assert post(client, message).status_code == 200
     assert len(collector.deliveries) == 2
-    assert stored_fingerprint(certs, case.email) == case.fingerprint
+    assert store_fingerprint(collector, case.email) == case.fingerprint
 
 
 def test_a_rejected_message_is_a_final_200(ses, signer, cases) -> None:

@@ -41,7 +41,6 @@ def enabled(settings: Settings) -> bool:
 
 
 def install(app: Flask, settings: Settings) -> None:
-    answers.install(app, settings)
     app.register_blueprint(blueprint)
 
 
@@ -82,8 +81,7 @@ def mailgun() -> tuple[Response, int]:
         return denied("timestamp, token and signature are required (Mailgun signs every post)")
     if not signature_ok(state().settings.mailgun_signing_key, timestamp, token, signature):
         return denied("signature does not match timestamp and token (check mailgun-signing-key)")
-    memory = answers.current()
-    remembered = memory.recall(INTAKE, token)
+    remembered = answers.recall(INTAKE, token)
     if remembered is not None:
         log.info(
             "| token already answered (%s, %s): the same answer, not judged again",
@@ -108,7 +106,7 @@ def mailgun() -> tuple[Response, int]:
     envelope = Envelope(_lenient(form.get("sender")), tuple(_recipients(form.get("recipient"))))
     del form  # the message is held once from here on
     verdict = judge(raw, INTAKE, envelope, deadline)
-    memory.remember(INTAKE, token, verdict)
+    answers.remember(INTAKE, token, verdict)
     return answer(verdict)
 
 

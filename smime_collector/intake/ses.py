@@ -49,7 +49,6 @@ def enabled(settings: Settings) -> bool:
 
 
 def install(app: Flask, settings: Settings) -> None:
-    answers.install(app, settings)
     app.extensions[FETCHER_KEY] = sns.Fetcher(
         settings.ses_signing_cert_url_pattern, settings.ses_ca_bundle
     )
@@ -113,8 +112,7 @@ def confirm(url: str, fetcher: sns.Fetcher, deadline: Deadline) -> tuple[Respons
 
 
 def notification(message: dict[str, str], deadline: Deadline) -> tuple[Response, int]:
-    memory = answers.current()
-    remembered = memory.recall(INTAKE, message["MessageId"])
+    remembered = answers.recall(INTAKE, message["MessageId"])
     if remembered is not None:
         log.info(
             "| MessageId already answered (%s, %s): the same answer, not judged again",
@@ -128,7 +126,7 @@ def notification(message: dict[str, str], deadline: Deadline) -> tuple[Response,
         log.info("| bad request: %s", exc)
         return jsonify(message=str(exc)), 400
     verdict = judge(raw, INTAKE, envelope, deadline)
-    memory.remember(INTAKE, message["MessageId"], verdict)
+    answers.remember(INTAKE, message["MessageId"], verdict)
     return answer(verdict)
 
 
