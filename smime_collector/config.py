@@ -361,7 +361,15 @@ class Settings:
         """
         ctx = Context(base_dir or Path.cwd(), source)
         given = {name.lower().strip(): str(value) for name, value in values.items()}
-        given.update(_from_environment(environ or {}))
+        from_environment = _from_environment(environ or {})
+        for spec in keys():
+            # A secret set in the environment, directly or as its -file, wins over both forms
+            # in the INI file: "both set" is a mistake only within one source.
+            pair = (spec.name, spec.name + FILE_SUFFIX)
+            if spec.secret and any(name in from_environment for name in pair):
+                for name in pair:
+                    given.pop(name, None)
+        given.update(from_environment)
         _refuse_unknown(given, ctx)
         kwargs: dict[str, Any] = {"source": source}
         for attr, spec in _fields().items():

@@ -215,3 +215,27 @@ def test_gunicorn_reads_the_token_from_a_secret_file(tmp_path: Path) -> None:
         assert post(SAMPLE_TOKEN) == 401
     finally:
         server.stop()
+
+
+def test_a_secret_in_the_environment_wins_over_the_ini_file(tmp_path) -> None:
+    """The environment wins over the INI file for secrets too, in either form: the shipped
+    webapp.ini sets the sample token, and the README's systemd credential
+    (``SMIME_COLLECTOR_X_MESSAGESYSTEMS_WEBHOOK_TOKEN_FILE``) must replace it, not clash."""
+    (tmp_path / "token").write_text("from a file\n")
+    ini = write_ini(
+        tmp_path / "webapp.ini",
+        {"x-messagesystems-webhook-token": SAMPLE_TOKEN, "lookup-token-file": "token"},
+    )
+    env = {
+        "SMIME_COLLECTOR_X_MESSAGESYSTEMS_WEBHOOK_TOKEN_FILE": str(tmp_path / "token"),
+        "SMIME_COLLECTOR_LOOKUP_TOKEN": "from the environment",
+    }
+    settings = load_settings(ini, environ=env)
+    assert settings.webhook_token == "from a file"
+    assert settings.lookup_token == "from the environment"
+    both = {
+        "SMIME_COLLECTOR_LOOKUP_TOKEN": "x",
+        "SMIME_COLLECTOR_LOOKUP_TOKEN_FILE": str(tmp_path / "token"),
+    }
+    with pytest.raises(ConfigError, match="not both"):
+        load_settings(ini, environ=both)
