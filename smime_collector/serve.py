@@ -44,4 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--version"]:
+        # Ours, like every other command's, rather than gunicorn's.
+        from smime_collector import __version__
+
+        print(f"smime-collector serve {__version__}")
+        sys.exit(0)
     sys.exit(main(sys.argv[1:]))

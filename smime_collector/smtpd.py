@@ -16,7 +16,7 @@ import signal
 import ssl
 import sys
 
-from smime_collector import logsetup
+from smime_collector import __version__, logsetup
 from smime_collector.config import ConfigError, Settings, load_settings
 from smime_collector.intake.smtpd import Server
 from smime_collector.pipeline import Collector
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--config", metavar="FILE", help="INI file (default: $WEBAPP_INI or ./webapp.ini)"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"smime-collector smtpd {__version__}"
     )
     args = parser.parse_args(argv)
     return run(args.config)
