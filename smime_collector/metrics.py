@@ -14,6 +14,7 @@ one release, so dashboards can move over; CHANGELOG.md says when they go.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import threading
 import time
@@ -33,10 +34,13 @@ from prometheus_client import (
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from smime_collector import __version__
+from smime_collector.store.base import StoreUnavailable
 from smime_collector.verdict import Outcome, Verdict
 
 if TYPE_CHECKING:
     from smime_collector.store.base import StoreStats
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -216,7 +220,13 @@ class ScrapeTime:
         yield info
         if self.store is None:
             return
-        stats = self.store.stats()
+        try:
+            stats = self.store.stats()
+        except StoreUnavailable as exc:
+            # An outage is when the request counters (503s) matter most: leave out only what
+            # the store cannot tell now, never the whole scrape.
+            log.warning("metrics: store gauges left out, the store is unavailable: %s", exc)
+            return
         yield GaugeMetricFamily(
             "smime_certificates_stored", "Certificates stored now.", value=stats.count
         )

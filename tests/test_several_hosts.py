@@ -271,6 +271,11 @@ def test_a_database_outage_is_503_and_loses_nothing(tmp_path, factory, dns_serve
             assert json.loads(body)["failing"] == ["store"]
             status, body = get(host, "/certs", LOOKUP)
             assert status == 503, body
+            # Metrics still answer: the 503s are counted, only the store's gauges are missing.
+            status, body = get(host, "/metrics")
+            assert status == 200, body
+            assert b'smime_request_duration_seconds_count{code="503"}' in body, body
+            assert b"smime_certificates_stored " not in body
             cluster.start()
         finally:
             sender.join()
