@@ -22,6 +22,7 @@ if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="smime-collector-metrics-")
 
 from smime_collector.config import ConfigError, load_settings  # noqa: E402
+from smime_collector.logsetup import open_log_file  # noqa: E402
 from smime_collector.serving import server_options  # noqa: E402
 from smime_collector.store import StoreUnavailable, open_store  # noqa: E402
 from smime_collector.trust import TrustError, load_anchors  # noqa: E402
@@ -56,6 +57,8 @@ def _stop(message: str) -> None:
 try:
     _options = server_options(os.environ)
     _settings = load_settings()
+    if _settings.log_file is not None:
+        open_log_file(_settings.log_file)  # each worker opens it; a bad one stops the master
     load_anchors(list(_settings.trusted_certs))
     # Creates the folder, or creates and migrates the database schema (under an advisory lock,
     # so hosts starting together do not race), then checks the store can be written. Nothing

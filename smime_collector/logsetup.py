@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from logging.handlers import WatchedFileHandler
 from pathlib import Path
 
+from smime_collector.config import ConfigError
+
 ROOT = "smime_collector"
 TEXT_FORMAT = "%(asctime)s,%(entry)s,%(levelname)s,%(request_id)s,%(message)s"
 NO_REQUEST = "-"
@@ -196,13 +198,25 @@ class LogSink:
         self._finalizer()
 
 
+def open_log_file(log_file: Path) -> Path:
+    """Create ``log_file`` (and its folder) if needed and check it can be appended to, so that
+    a log that cannot be written stops start-up with one line naming ``log-file`` instead of
+    a traceback in every gunicorn worker."""
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"log-file: cannot write {log_file}: {exc.strerror or exc}") from None
+    return log_file
+
+
 def attach(entry: str, log_file: Path | None, level: str = "INFO", fmt: str = "text") -> LogSink:
     """A sink for ``entry`` writing to ``log_file`` (``None``: standard error)."""
     if log_file is None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     else:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = ReopeningFileHandler(log_file, encoding="utf-8")
+        handler = ReopeningFileHandler(open_log_file(log_file), encoding="utf-8")
     handler.setFormatter(JSONFormatter() if fmt == "json" else OneLineFormatter(TEXT_FORMAT))
     handler.setLevel(level)
     sink = LogSink(handler, entry)

@@ -169,6 +169,8 @@ def test_bad_server_settings_are_one_line(env, needle) -> None:
         ({"WEB_CONCURRENCY": "four"}, "WEB_CONCURRENCY"),
         ({"TLS_CERT": "cert.pem"}, "TLS_KEY"),
         ({"SMIME_COLLECTOR_METRIC_TOKEN": "x"}, "SMIME_COLLECTOR_METRIC_TOKEN"),
+        # a folder that cannot be made: the INI file is a file, not a folder
+        ({"SMIME_COLLECTOR_LOG_FILE": "webapp.ini/logs/webapp.log"}, "log-file"),
     ],
 )
 def test_gunicorn_refuses_to_start_with_one_line(tmp_path, env, needle) -> None:
@@ -239,3 +241,12 @@ def test_a_secret_in_the_environment_wins_over_the_ini_file(tmp_path) -> None:
     }
     with pytest.raises(ConfigError, match="not both"):
         load_settings(ini, environ=both)
+
+
+def test_a_log_file_that_cannot_be_written_is_a_configuration_error(tmp_path) -> None:
+    """The CLI names the key too, not only the errno of the folder it could not make."""
+    ini = write_ini(tmp_path / "webapp.ini", {"log-file": "webapp.ini/logs/webapp.log"})
+    proc = run_cli("--config", ini, REPO / "README.md")
+    assert proc.returncode == 2, proc.stderr
+    assert "configuration error: log-file: cannot write" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
