@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 
 from prometheus_client.metrics import MetricWrapperBase
@@ -59,3 +60,22 @@ def test_the_readme_shows_the_page() -> None:
     assert len(shots) >= 3
     for shot in shots:
         assert (REPO / shot).read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), shot
+
+
+def test_every_constant_in_the_limits_table_exists() -> None:
+    """Each bound the security table names (``module.NAME``, or ``NAME`` after one of the
+    same module) is a real attribute of that module: an operator looking it up finds it."""
+    section = README.split("### Limits on hostile input", 1)[1].split("\n\n| case |", 1)[0]
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ")]
+    checked = 0
+    for limit, constant, _value, _over in rows[2:]:
+        module = None
+        for name in re.findall(r"`([^`]+)`", constant):
+            if "." in name:
+                module_name, _, name = name.rpartition(".")
+                module = importlib.import_module(f"smime_collector.{module_name}")
+            elif not re.fullmatch(r"[A-Z][A-Z0-9_]+", name):
+                continue  # a configuration key or flag: checked against config.keys()
+            assert module is not None and hasattr(module, name), (limit, name)
+            checked += 1
+    assert checked >= 30
