@@ -34,6 +34,7 @@ from pathlib import Path
 from asn1crypto import algos, crl, ocsp, pem
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
+from pyhanko_certvalidator._state import ValProcState
 from pyhanko_certvalidator.errors import (
     CRLNoMatchesError,
     CRLValidationIndeterminateError,
@@ -44,6 +45,7 @@ from pyhanko_certvalidator.errors import (
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 from pyhanko_certvalidator.revinfo.validate_crl import verify_crl
 from pyhanko_certvalidator.revinfo.validate_ocsp import verify_ocsp_response
+from pyhanko_certvalidator.util import ConsList
 
 from smime_collector import metrics, pathvalidation
 from smime_collector.deadline import Deadline
@@ -457,6 +459,17 @@ class Revocation:
         if not held and not (fetching and (crl_urls or _ocsp_urls(cert))):
             return evidence  # no source at all: nothing to parse or verify
         target = _pkix_cert(path, cert)
+        place = _place(path, cert)
+        # Without its own state pyhanko describes every certificate as the path's last one
+        # (CRLs) or as its trust anchor (OCSP): tell it where this one sits.
+        state = lambda: ValProcState(  # noqa: E731 - a fresh state per verification
+            cert_path_stack=ConsList.sing(path.pkix), init_index=place
+        )
+        role = (
+            "end-entity certificate"
+            if place == path.pkix.pkix_len
+            else "intermediate CA certificate"
+        )
 
         def judge_crls() -> None:
             key = (anchors, allow_sha1, fingerprint(cert), fingerprint(issuer),
@@ -468,7 +481,12 @@ class Revocation:
             ctx = pathvalidation.context(
                 anchors, pool, at, allow_sha1, _REQUIRE, crls=held, ocsps=ocsps
             )
-            _judge(lambda: verify_crl(target, path.pkix, ctx), evidence, "CRL")
+            _judge(
+                lambda: verify_crl(target, path.pkix, ctx, proc_state=state()),
+                evidence,
+                "CRL",
+                role,
+            )
             if evidence.good is not None:
                 self.verified.put(key, evidence.good, held, cert.serial_number)
 
@@ -507,7 +525,12 @@ class Revocation:
             ctx = pathvalidation.context(
                 anchors, pool, at, allow_sha1, _REQUIRE, crls=held, ocsps=ocsps
             )
-            _judge(lambda ctx=ctx: verify_ocsp_response(target, path.pkix, ctx), evidence, "OCSP")
+            _judge(
+                lambda ctx=ctx: verify_ocsp_response(target, path.pkix, ctx, proc_state=state()),
+                evidence,
+                "OCSP",
+                role,
+            )
             if evidence.settled():
                 break
         return evidence
@@ -578,11 +601,11 @@ class Revocation:
         return Check.fail("revocation-unknown", finding.detail)
 
 
-def _judge(run: Callable[[], object], evidence: _Evidence, kind: str) -> None:
+def _judge(run: Callable[[], object], evidence: _Evidence, kind: str, role: str) -> None:
     try:
         pathvalidation.run(run())  # type: ignore[arg-type]
     except RevokedError as exc:
-        evidence.revoked = _sentence(exc)
+        evidence.revoked = _revoked(kind, role, exc)
     except (CRLNoMatchesError, OCSPNoMatchesError):
         evidence.failed.append(f"no {kind} covers it")
     except (CRLValidationIndeterminateError, OCSPValidationIndeterminateError) as exc:
@@ -608,9 +631,21 @@ def _conclude(evidence: _Evidence) -> tuple[Status, str]:
     return Status.UNKNOWN, "; ".join(evidence.failed) or "no CRL or OCSP source"
 
 
-def _sentence(exc: BaseException) -> str:
-    text = str(exc.args[0]) if exc.args else str(exc)
-    return text.removeprefix("The path could not be validated because ")
+def _revoked(kind: str, role: str, exc: RevokedError) -> str:
+    """Our own sentence, not pyhanko's: it shows in the log, on /ui and in recheck's JSON, and
+    must say which certificate of the path was revoked (the caller prefixes its name)."""
+    when = exc.revocation_dt.strftime("%H:%M:%S on %Y-%m-%d")
+    return f"{kind} says the {role} was revoked at {when}, due to {exc.reason.human_friendly}"
+
+
+def _place(path: ValidPath, cert: x509.Certificate) -> int:
+    """``cert``'s index in the path as RFC 5280 counts it: 1 just below the anchor, the path's
+    length for the end-entity certificate."""
+    wanted = (cert.serial_number, cert.issuer.public_bytes())
+    for index, item in enumerate(path.pkix.iter_certs(include_root=False), start=1):
+        if (item.serial_number, item.issuer.dump()) == wanted:
+            return index
+    return path.pkix.pkix_len
 
 
 def _pkix_cert(path: ValidPath, cert: x509.Certificate) -> asn1_x509.Certificate:

@@ -354,6 +354,54 @@ def test_ocsp_revoked(judge, crl_server, responders, tmp_path) -> None:
     assert outcome(verdict) == ("rejected", "revoked")
 
 
+def test_a_revoked_certificate_is_named_by_its_place_in_the_path(
+    judge, crl_server, responders, tmp_path
+) -> None:
+    """The detail (log, /ui, recheck's JSON) names the certificate that was revoked and its
+    place in the path, whichever protocol found it: a leaf is never "the trust anchor", an
+    intermediate never "the end-entity certificate"."""
+    port = free_port()
+    root = issue("Revocation Root", None, ca=True)
+    crl_inter = issue("CRL CA", root, ca=True, crl_url=crl_server.url("root.crl"))
+    ocsp_inter = issue("OCSP CA", root, ca=True, ocsp_url=f"http://127.0.0.1:{port}/")
+    crl_leaf = issue(ALICE, crl_inter, ca=False, crl_url=crl_server.url("crl-ca.crl"))
+    ocsp_port = free_port()
+    ocsp_leaf = issue(
+        "bob@revocation.example", crl_inter, ca=False, ocsp_url=f"http://127.0.0.1:{ocsp_port}/"
+    )
+    below_ocsp = issue(
+        "carol@revocation.example", ocsp_inter, ca=False, crl_url=crl_server.url("ocsp-ca.crl")
+    )
+    crl_server.publish("ocsp-ca.crl", crl(ocsp_inter))
+    responders.append(
+        OCSPResponder.start(tmp_path / "root-ocsp", root, port, revoked=[ocsp_inter.cert])
+    )
+    responders.append(
+        OCSPResponder.start(tmp_path / "ocsp", crl_inter, ocsp_port, revoked=[ocsp_leaf.cert])
+    )
+    cases = [
+        # (signer, what the CRLs revoke, the certificate named, its place, the protocol)
+        (crl_leaf, [], [crl_leaf.cert], ALICE, "end-entity certificate", "CRL"),
+        (crl_leaf, [crl_inter.cert], [], "CRL CA", "intermediate CA certificate", "CRL"),
+        (ocsp_leaf, [], [], "bob@revocation.example", "end-entity certificate", "OCSP"),
+        (below_ocsp, [], [], "OCSP CA", "intermediate CA certificate", "OCSP"),
+    ]
+    misnamed = []
+    for signer, root_revokes, inter_revokes, name, place, protocol in cases:
+        crl_server.publish("root.crl", crl(root, root_revokes))
+        crl_server.publish("crl-ca.crl", crl(crl_inter, inter_revokes))
+        verdict = judge(signed_message(signer), root)
+        assert outcome(verdict) == ("rejected", "revoked"), (name, verdict.detail)
+        others = [w for w in ("trust anchor", "end-entity", "intermediate") if w not in place]
+        if not (
+            verdict.detail.startswith(f"{name}: {protocol}")
+            and f"the {place} was revoked" in verdict.detail
+            and not any(other in verdict.detail for other in others)
+        ):
+            misnamed.append(verdict.detail)
+    assert misnamed == []
+
+
 def test_ocsp_response_signed_by_the_wrong_key(judge, crl_server, responders, tmp_path) -> None:
     port = free_port()
     root, inter, alice = ocsp_pki(crl_server, port)
