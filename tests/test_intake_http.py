@@ -429,6 +429,24 @@ def test_mailgun_token_replay_gets_the_same_answer_without_judging(door, cases, 
     assert len(collector.deliveries) == 1  # the token was answered: the new body is not judged
 
 
+@pytest.mark.parametrize("age", [301, 86400])
+def test_mailgun_answered_token_with_an_old_timestamp_is_401(door, cases, store_keys, age) -> None:
+    """A capture replayed after its timestamp went stale is refused like any stale request,
+    even though its token was answered while fresh: the clock is checked before the memory."""
+    case = cases["bob"]
+    client, collector, _ = door(case, **store_keys)
+    token = "token-answered-while-fresh"
+    fresh, ctype = multipart(mailgun_fields(case.raw, KEY, token=token))
+    assert client.post("/mailgun/mime", data=fresh, content_type=ctype).status_code == 200
+    stale, ctype = multipart(
+        mailgun_fields(case.raw, KEY, token=token, timestamp=int(time.time()) - age)
+    )
+    response = client.post("/mailgun/mime", data=stale, content_type=ctype)
+    assert response.status_code == 401
+    assert "more than 300 s" in response.get_json()["message"]
+    assert len(collector.deliveries) == 1
+
+
 def test_mailgun_token_memory_is_shared_by_every_worker(
     door, make_settings, cases, store_keys
 ) -> None:

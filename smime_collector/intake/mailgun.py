@@ -81,14 +81,6 @@ def mailgun() -> tuple[Response, int]:
         return denied("timestamp, token and signature are required (Mailgun signs every post)")
     if not signature_ok(state().settings.mailgun_signing_key, timestamp, token, signature):
         return denied("signature does not match timestamp and token (check mailgun-signing-key)")
-    remembered = answers.recall(INTAKE, token)
-    if remembered is not None:
-        log.info(
-            "| token already answered (%s, %s): the same answer, not judged again",
-            remembered.outcome.value,
-            remembered.reason,
-        )
-        return answer(remembered)
     try:
         skew = abs(time.time() - float(timestamp))
     except ValueError:
@@ -98,6 +90,16 @@ def mailgun() -> tuple[Response, int]:
             f"timestamp is {skew:.0f} s from this server's clock, more than "
             f"{MAX_CLOCK_SKEW_SECONDS} s (a replay, or a clock out of sync)"
         )
+    # Only a fresh, correctly signed request may learn a remembered answer: a stale capture is
+    # refused above whatever its token got when it was fresh.
+    remembered = answers.recall(INTAKE, token)
+    if remembered is not None:
+        log.info(
+            "| token already answered (%s, %s): the same answer, not judged again",
+            remembered.outcome.value,
+            remembered.reason,
+        )
+        return answer(remembered)
     raw = form.get("body-mime")
     if raw is None:
         return jsonify(
