@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from smime_collector.intake import sns
 from tests import pki
 from tests.intakes import (
     TOPIC,
@@ -272,6 +273,52 @@ def test_a_subscribe_url_on_another_host_is_403_and_not_fetched(ses, signer, htt
     response = post(client, signer.sign(subscription_confirmation(url)))
     assert response.status_code == 403  # fetching it would have failed: 503
     assert "is not on a host" in response.get_json()["message"]
+
+
+def test_a_pattern_that_fixes_the_path_still_confirms_subscriptions(ses, https, cases) -> None:
+    """An operator pattern naming the certificates' folder: the SubscribeURL (another path on
+    the same host and port) is judged by the pattern's host part, so SNS's confirmation is
+    fetched, while one on another host or port, or over plain HTTP, is refused unfetched."""
+    (https.folder / "certs").mkdir(exist_ok=True)
+    signer = SNSSigner(https.root, f"{https.base}/certs/SimpleNotificationService-t.pem")
+    (https.folder / "certs" / "SimpleNotificationService-t.pem").write_bytes(
+        signer.identity.cert_pem()
+    )
+    pattern = rf"^https://127\.0\.0\.1:{https.port}/certs/.+\.pem$"
+    client, collector, _ = ses(ses_signing_cert_url_pattern=pattern)
+    query = f"/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=fixed-path"
+    response = post(client, signer.sign(subscription_confirmation(f"{https.base}{query}")))
+    assert response.status_code == 200, response.get_json()
+    assert query in https.requested()
+    before = len(https.requested())
+    for url in (
+        f"https://localhost:{https.port}{query}",
+        f"https://127.0.0.1:{https.port + 1}{query}",
+        f"http://127.0.0.1:{https.port}{query}",
+        f"https://user@127.0.0.1:{https.port}{query}",
+    ):
+        response = post(client, signer.sign(subscription_confirmation(url)))
+        assert response.status_code == 403, url
+        assert "is not on a host" in response.get_json()["message"]
+    assert len(https.requested()) == before  # none of them fetched
+    assert collector.deliveries == []
+
+
+def test_the_default_pattern_allows_subscribe_urls_on_sns_hosts_only(make_settings) -> None:
+    fetcher = sns.Fetcher(make_settings().ses_signing_cert_url_pattern, None)
+    cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-9c6465fa.pem"
+    query = "/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:us-east-1:1:t&Token=abc"
+    for url in ("https://sns.us-east-1.amazonaws.com", "https://sns.cn-north-1.amazonaws.com.cn"):
+        assert fetcher.subscribe_url_ok(url + query, cert_url), url
+    for url in (
+        "https://sns.us-east-1.amazonaws.com.evil.example",
+        "http://sns.us-east-1.amazonaws.com",
+        "https://evil.example/sns.us-east-1.amazonaws.com",
+        "https://user@sns.us-east-1.amazonaws.com",
+        "https://@sns.us-east-1.amazonaws.com",
+        "https://sns.us-east-1.amazonaws.com\\@evil.example",
+    ):
+        assert not fetcher.subscribe_url_ok(url + query, cert_url), url
 
 
 def test_a_subscribe_url_that_fails_is_503(ses, signer, https) -> None:

@@ -90,15 +90,17 @@ def ses() -> tuple[Response, int]:
         return refused(f"topic {topic[:200]!r} is not in ses-topic-arns")
     log.info("| SNS %s %s from %s", message["Type"], message["MessageId"], topic)
     if message["Type"] == "SubscriptionConfirmation":
-        return confirm(message["SubscribeURL"], fetcher, deadline)
+        return confirm(message["SubscribeURL"], message["SigningCertURL"], fetcher, deadline)
     if message["Type"] == "UnsubscribeConfirmation":
         log.warning("| the subscription to %s was removed; not confirming it again", topic)
         return jsonify(message="OK"), 200
     return notification(message, deadline)
 
 
-def confirm(url: str, fetcher: sns.Fetcher, deadline: Deadline) -> tuple[Response, int]:
-    if not fetcher.host_ok(url):
+def confirm(
+    url: str, signing_cert_url: str, fetcher: sns.Fetcher, deadline: Deadline
+) -> tuple[Response, int]:
+    if not fetcher.subscribe_url_ok(url, signing_cert_url):
         return refused(
             f"SubscribeURL {url[:200]!r} is not on a host ses-signing-cert-url-pattern allows"
         )

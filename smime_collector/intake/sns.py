@@ -120,12 +120,19 @@ class Fetcher:
             and self.pattern.fullmatch(url) is not None
         )
 
-    def host_ok(self, url: str) -> bool:
-        """A SubscribeURL passes when a certificate URL on its host would pass the pattern."""
+    def subscribe_url_ok(self, url: str, signing_cert_url: str) -> bool:
+        """A SubscribeURL passes when it is HTTPS and the message's own ``SigningCertURL``
+        (which passed the pattern) still passes it moved to the SubscribeURL's host and port.
+
+        The pattern describes certificate URLs, so only its host part can judge another URL;
+        keeping the certificate's path lets a pattern that fixes a path (an operator's
+        ``/certs/.+\\.pem``) judge the host all the same.
+        """
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "https" or parts.username or not parts.netloc:
+        if parts.scheme != "https" or "@" in parts.netloc or not parts.hostname:
             return False
-        return self.certificate_url_ok(f"https://{parts.netloc}/SimpleNotificationService.pem")
+        moved = urllib.parse.urlsplit(signing_cert_url)._replace(netloc=parts.netloc)
+        return self.certificate_url_ok(moved.geturl())
 
     def get(self, url: str, deadline: Deadline, limit: int) -> bytes:
         """The body of ``url`` (at most ``limit`` bytes); :class:`Unavailable` on any failure."""
