@@ -2,7 +2,7 @@
 
 ``gunicorn.conf.py`` applies them; keeping the reading here lets it be tested and lets a
 ``WEB_CONCURRENCY=four`` or a ``TLS_CERT`` without ``TLS_KEY`` stop start-up with a sentence
-instead of a traceback.
+instead of a traceback, and so does a ``GUNICORN_WORKER_CLASS`` gunicorn cannot load.
 """
 
 from __future__ import annotations
@@ -43,6 +43,29 @@ def _count(environ: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _worker_class(environ: Mapping[str, str]) -> str:
+    """``GUNICORN_WORKER_CLASS``, loaded here the way gunicorn will load it, so that a name it
+    does not know is one line now rather than gunicorn's ImportError traceback later."""
+    from gunicorn.util import load_class
+    from gunicorn.workers import SUPPORTED_WORKERS
+    from gunicorn.workers.base import Worker
+
+    raw = environ.get("GUNICORN_WORKER_CLASS", "").strip() or "sync"
+    wanted = f"one of gunicorn's workers ({', '.join(SUPPORTED_WORKERS)}) or a module.Class path"
+    if "." not in raw and raw not in SUPPORTED_WORKERS:
+        raise ConfigError(f"GUNICORN_WORKER_CLASS must be {wanted}, not {raw!r}")
+    try:
+        found = load_class(raw)
+    except Exception as exc:  # noqa: BLE001 - importing a module can fail in any way
+        # gunicorn wraps the import's own error, traceback and all, in a RuntimeError.
+        cause = exc.__context__ if isinstance(exc, RuntimeError) and exc.__context__ else exc
+        why = " ".join(str(cause).split())
+        raise ConfigError(f"GUNICORN_WORKER_CLASS {raw!r} cannot be loaded ({why})") from None
+    if not (isinstance(found, type) and issubclass(found, Worker)):
+        raise ConfigError(f"GUNICORN_WORKER_CLASS {raw!r} is not a gunicorn worker class")
+    return raw
+
+
 def server_options(environ: Mapping[str, str]) -> ServerOptions:
     """The options from ``environ``; :class:`ConfigError` names the variable that is wrong."""
     cert = environ.get("TLS_CERT", "").strip() or None
@@ -56,7 +79,7 @@ def server_options(environ: Mapping[str, str]) -> ServerOptions:
     return ServerOptions(
         bind=environ.get("BIND", DEFAULT_BIND),
         workers=_count(environ, "WEB_CONCURRENCY", 2),
-        worker_class=environ.get("GUNICORN_WORKER_CLASS", "sync"),
+        worker_class=_worker_class(environ),
         threads=_count(environ, "GUNICORN_THREADS", 1),
         timeout=_count(environ, "GUNICORN_TIMEOUT", DEFAULT_TIMEOUT),
         accesslog=environ.get("ACCESS_LOG", "gunicorn-access.log"),

@@ -155,11 +155,25 @@ def test_check_config_warns_about_risky_settings(tmp_path, dns) -> None:
         ({"TLS_CERT": "cert.pem"}, "TLS_CERT is set but TLS_KEY is not"),
         ({"TLS_KEY": "key.pem"}, "TLS_KEY is set but TLS_CERT is not"),
         ({"TLS_CERT": "absent.pem", "TLS_KEY": "absent.key"}, "TLS_CERT: absent.pem"),
+        ({"GUNICORN_WORKER_CLASS": "bogus"}, "GUNICORN_WORKER_CLASS must be one of"),
+        ({"GUNICORN_WORKER_CLASS": "no_such_module.Worker"}, "GUNICORN_WORKER_CLASS"),
+        ({"GUNICORN_WORKER_CLASS": "gunicorn.workers.sync.NoSuchWorker"}, "NoSuchWorker"),
+        ({"GUNICORN_WORKER_CLASS": "json.JSONDecoder"}, "is not a gunicorn worker"),
     ],
 )
 def test_bad_server_settings_are_one_line(env, needle) -> None:
-    with pytest.raises(ConfigError, match=needle):
+    with pytest.raises(ConfigError, match=needle) as raised:
         server_options(env)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "worker_class",
+    ["sync", "gthread", "gunicorn.workers.gthread.ThreadWorker"],
+)
+def test_gunicorn_worker_classes_by_name_or_path_are_accepted(worker_class) -> None:
+    options = server_options({"GUNICORN_WORKER_CLASS": worker_class})
+    assert options.worker_class == worker_class
 
 
 @pytest.mark.slow
@@ -168,6 +182,7 @@ def test_bad_server_settings_are_one_line(env, needle) -> None:
     [
         ({"WEB_CONCURRENCY": "four"}, "WEB_CONCURRENCY"),
         ({"TLS_CERT": "cert.pem"}, "TLS_KEY"),
+        ({"GUNICORN_WORKER_CLASS": "bogus"}, "GUNICORN_WORKER_CLASS"),
         ({"SMIME_COLLECTOR_METRIC_TOKEN": "x"}, "SMIME_COLLECTOR_METRIC_TOKEN"),
         # a folder that cannot be made: the INI file is a file, not a folder
         ({"SMIME_COLLECTOR_LOG_FILE": "webapp.ini/logs/webapp.log"}, "log-file"),

@@ -9,8 +9,9 @@ from smime_collector import serve
 HELP = "serve the web intake and operator routes with gunicorn"
 DESCRIPTION = (
     "Check the server's environment, then become gunicorn with the package's settings "
-    "(BIND, WEB_CONCURRENCY, TLS_CERT/TLS_KEY, ACCESS_LOG, GUNICORN_TIMEOUT; the service's own "
-    "keys come from $WEBAPP_INI, default ./webapp.ini, and SMIME_COLLECTOR_* variables)."
+    "(BIND, WEB_CONCURRENCY, TLS_CERT/TLS_KEY, ACCESS_LOG, GUNICORN_TIMEOUT, "
+    "GUNICORN_WORKER_CLASS, GUNICORN_THREADS; the service's own keys come from $WEBAPP_INI, "
+    "default ./webapp.ini, and SMIME_COLLECTOR_* variables)."
 )
 
 
