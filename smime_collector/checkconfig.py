@@ -39,7 +39,7 @@ def check_config(config: str | None, out: TextIO) -> int:
         anchors = load_anchors(list(settings.trusted_certs))
         results.append(("trusted-certs", True, f"{len(anchors)} trust anchors loaded"))
     except TrustError as exc:
-        results.append(("trusted-certs", False, str(exc)))
+        results.append(("trusted-certs", False, str(exc).removeprefix("trusted-certs: ")))
     opened = open_store(settings)
     try:
         store = opened.health()  # the probe /healthz uses too

@@ -43,8 +43,13 @@ CORRUPT_CERTIFICATE = (
 )
 
 
+#: The configuration key the bundles come from: every start-up error names it.
+KEY = "trusted-certs"
+
+
 class TrustError(Exception):
-    """A bundle cannot be read; raised at start-up as a configuration error."""
+    """A bundle cannot be read; raised at start-up as a configuration error naming
+    :data:`KEY`."""
 
 
 def sidecar_path(bundle: Path) -> Path:
@@ -119,16 +124,17 @@ def load_anchors(paths: list[Path]) -> Anchors:
                 certs = x509.load_pem_x509_certificates(data)
             blocks = _pem_blocks(data)
         except (OSError, ValueError, TypeError) as exc:
-            raise TrustError(f"cannot load trust bundle {path}: {exc}") from None
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise TrustError(f"{KEY}: cannot load trust bundle {path}: {why}") from None
         roots.extend(certs)
         ders.extend(blocks)
         distrust.update(_load_sidecar(sidecar_path(path)))
     if not roots:
-        raise TrustError("no trust anchors loaded")
+        raise TrustError(f"{KEY}: no trust anchors loaded")
     try:
         manager = _trust_manager(ders)
     except (ValueError, TypeError, KeyError) as exc:
-        raise TrustError(f"cannot use a trust anchor: {exc}") from None
+        raise TrustError(f"{KEY}: cannot use a trust anchor: {exc}") from None
     return Anchors(tuple(roots), manager, distrust)
 
 
@@ -142,7 +148,7 @@ def _load_sidecar(path: Path) -> dict[str, datetime]:
             for sha, entry in data.get("email_distrust_after", {}).items()
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise TrustError(f"cannot read distrust-after sidecar {path}: {exc}") from None
+        raise TrustError(f"{KEY}: cannot read distrust-after sidecar {path}: {exc}") from None
 
 
 class TrustAnchors:

@@ -258,6 +258,55 @@ def test_a_secret_in_the_environment_wins_over_the_ini_file(tmp_path) -> None:
         load_settings(ini, environ=both)
 
 
+#: Every entry point that reads the configuration and stops on a bad one, with the exit code
+#: it stops with (the Postfix pipe defers rather than bounce).
+ENTRY_POINTS = {
+    "serve": ([sys.executable, "-m", "smime_collector.serve"], 2),
+    "judge": ([sys.executable, "-m", "smime_collector", "judge", "--config", "{ini}", "x"], 2),
+    "readSMIMEsig": ([sys.executable, "readSMIMEsig.py", "--config", "{ini}", "x"], 2),
+    "recheck": ([sys.executable, "-m", "smime_collector", "recheck", "--config", "{ini}"], 2),
+    "smtpd": ([sys.executable, "-m", "smime_collector.smtpd", "--config", "{ini}"], 2),
+    "pipe": ([sys.executable, "readSMIMEsig.py", "--pipe", "--config", "{ini}"], 75),
+    "export": ([sys.executable, "-m", "smime_collector", "export", "--config", "{ini}", "x"], 2),
+}
+#: Keys whose bad value every entry point above must name (export reads no trust anchors).
+START_UP_ERRORS = {
+    # a folder that cannot be made: the INI file is a file, not a folder
+    "user-certs-dir": ({"user-certs-dir": "webapp.ini/certs"}, list(ENTRY_POINTS)),
+    "trusted-certs": (
+        {"trusted-certs": "absent-bundle.pem"},
+        [e for e in ENTRY_POINTS if e != "export"],
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("key", "entry"),
+    [(key, entry) for key, (_, entries) in START_UP_ERRORS.items() for entry in entries],
+)
+def test_start_up_errors_name_their_key_at_every_entry_point(tmp_path, key, entry) -> None:
+    values = START_UP_ERRORS[key][0]
+    ini = write_ini(
+        tmp_path / "webapp.ini",
+        {"log-file": "webapp.log", "smtp-listen": f"127.0.0.1:{free_port()}", **values},
+    )
+    command, code = ENTRY_POINTS[entry]
+    proc = subprocess.run(
+        [part.format(ini=ini) for part in command],
+        cwd=REPO,
+        env=gunicorn_env(ini, free_port(), 1, tmp_path),
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == code, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "configuration error" in line]
+    assert len(lines) == 1 and f"configuration error: {key}: " in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_log_file_that_cannot_be_written_is_a_configuration_error(tmp_path) -> None:
     """The CLI names the key too, not only the errno of the folder it could not make."""
     ini = write_ini(tmp_path / "webapp.ini", {"log-file": "webapp.ini/logs/webapp.log"})

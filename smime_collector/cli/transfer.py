@@ -56,6 +56,9 @@ def command(
     except FileNotFoundError as exc:
         print(f"{prog}: {exc}", file=out)
         return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (StoreUnavailable, OSError) as exc:
         print(f"{prog}: store unavailable, nothing lost, run it again: {exc}", file=out)
         return EXIT_TEMPFAIL

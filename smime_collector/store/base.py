@@ -273,7 +273,8 @@ class CertStore(Protocol):
 
     def prepare(self) -> None:
         """Create what the backend needs (the folder, the schema); idempotent, and cheap when
-        done already. Raises ``OSError`` (folder) or :class:`StoreUnavailable` when it cannot."""
+        done already. Raises :class:`~smime_collector.config.ConfigError` naming the key (a
+        folder that cannot be made) or :class:`StoreUnavailable` when it cannot."""
 
     def close(self) -> None:
         """Let go of connections and files; the store reopens them on next use. Called by a

@@ -46,6 +46,7 @@ from asn1crypto import pem as asn1_pem
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from smime_collector.config import ConfigError
 from smime_collector.journal import JournalEntry, JournalPage
 from smime_collector.store.base import (
     MAX_REMEMBERED,
@@ -144,7 +145,15 @@ class FolderStore:
         return str(self.path_for(address))
 
     def prepare(self) -> None:
-        self.ensure()
+        """Make the folder at start-up. One that cannot be made (a file in the way, a missing
+        mount, no permission) is the operator's to fix: a configuration error naming the key,
+        rather than a bare errno that does not say which setting the path came from."""
+        try:
+            self.ensure()
+        except OSError as exc:
+            raise ConfigError(
+                f"user-certs-dir: cannot create {self.folder}: {exc.strerror or exc}"
+            ) from None
 
     def close(self) -> None:
         self.index.close()
