@@ -161,3 +161,52 @@ def test_recheck_matches_the_seeds_flag(tmp_path, dns_server) -> None:
         "ben@example.org",
     ]
     assert ",recheck,INFO," in (tmp_path / "webapp.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--recheck", "--export", "{out}"), ("--recheck", "--export")),
+        (("--export", "{out}", "--recheck"), ("--recheck", "--export")),
+        (("--recheck", "--check-config"), ("--recheck", "--check-config")),
+        (("--check-config", "{mail}"), ("--check-config", "EMLFILE")),
+        (("--recheck", "{mail}"), ("--recheck", "EMLFILE")),
+        (("--import", "{folder}", "--recheck"), ("--recheck", "--import")),
+        (("--export", "{out}", "--import", "{folder}"), ("--export", "--import")),
+        (("--import", "{folder}", "{mail}"), ("--import", "EMLFILE")),
+    ],
+)
+def test_readsmimesig_modes_exclude_each_other(tmp_path, args, named) -> None:
+    """One mode per run: a second one is a usage error naming both, and nothing is done (no
+    recheck printed, no export written), instead of one of them being silently ignored."""
+    ini = write_ini(tmp_path / "webapp.ini", {"log-file": "webapp.log"})
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    mail = tmp_path / "message.eml"
+    mail.write_bytes(b"From: a@example.org\r\n\r\nnot signed\r\n")
+    out = tmp_path / "export"
+    values = {"out": out, "folder": folder, "mail": mail}
+    proc = run_cli("--config", ini, *(arg.format(**values) for arg in args), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    (line,) = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert all(name in line for name in named), line
+    assert not out.exists()
+    assert not (tmp_path / "certs").exists()
+
+
+@pytest.mark.parametrize("mode", [("--recheck",), ("--check-config",), ("--export", "out")])
+def test_the_pipe_with_another_mode_defers_with_a_usage_error(tmp_path, mode) -> None:
+    """--pipe keeps its own rule, 0 or 75 only: another mode beside it is 75 (Postfix retries
+    and the operator reads why), never 2, which Postfix would turn into a bounce."""
+    ini = write_ini(tmp_path / "webapp.ini", {"log-file": "webapp.log"})
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "readSMIMEsig.py"), "--pipe", "--config", str(ini), *mode],
+        input=b"From: a@example.org\r\n\r\nx\r\n",
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert proc.returncode == 75
+    assert mode[0].encode() in proc.stderr and b"error" in proc.stderr
+    assert not (tmp_path / "out").exists()

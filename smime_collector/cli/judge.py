@@ -124,13 +124,27 @@ def main(argv: list[str] | None = None) -> int:
         return pipe.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    modes = [
+        name
+        for name, given in (
+            ("--check-config", args.check_config),
+            ("--recheck", args.recheck),
+            ("--export", args.export is not None),
+            ("--import", args.import_dir is not None),
+            ("EMLFILE", bool(args.files)),
+        )
+        if given
+    ]
+    if len(modes) > 1:  # running one and dropping the other would look like both were done
+        parser.error(
+            f"{' and '.join(modes)} exclude each other: give one of --check-config, --recheck, "
+            "--export DIR, --import DIR, --pipe or EMLFILEs"
+        )
     if args.check_config:
         return check_config(args.config, sys.stdout)
     if args.recheck:
         return run_recheck(args.config, args.json, sys.stdout, parser.prog, "readSMIMEsig")
     if args.export or args.import_dir:
-        if (args.export and args.import_dir) or args.files:
-            parser.error("--export and --import take no EMLFILE and exclude each other")
         return transfer.command(args.config, args.export, args.import_dir, args.json, parser.prog)
     if not args.files:
         parser.error("give at least one EMLFILE, folder, mbox or Maildir (or --check-config)")
