@@ -5,7 +5,8 @@ web app, the CLI, the SMTP server) calls :func:`attach` once, which puts one han
 logger for the configured ``log-file`` and ``log-format``, and then wraps each unit of work
 (a request, a file, an SMTP transaction) in :func:`context`, which gives every line of it the
 same request id and routes it to that entry point's handler only: two apps in one process (tests
-build many) never write into each other's files.
+build many) never write into each other's files. The database driver's own warnings
+(:data:`FOREIGN_LOGGERS`) take the same route, so they land in the same log.
 
 The text format is the seed's, with the request id as a field of its own:
 ``%(asctime)s,%(entry)s,%(levelname)s,%(request_id)s,%(message)s``.
@@ -36,6 +37,11 @@ from pathlib import Path
 from smime_collector.config import ConfigError
 
 ROOT = "smime_collector"
+#: Other libraries' loggers whose records go through the entry point's sink as well, with the
+#: least severe level kept from each. psycopg's pool says why it cannot connect (the cause of a
+#: database outage) at WARNING, from threads of its own, and logs every connection it lends at
+#: INFO, which would be two lines per message.
+FOREIGN_LOGGERS = {"psycopg": logging.WARNING}
 TEXT_FORMAT = "%(asctime)s,%(entry)s,%(levelname)s,%(request_id)s,%(message)s"
 NO_REQUEST = "-"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
@@ -211,6 +217,19 @@ def open_log_file(log_file: Path) -> Path:
     return log_file
 
 
+def adopt_foreign_loggers() -> None:
+    """Give :data:`FOREIGN_LOGGERS` the one dispatching handler, so their records reach the
+    live sinks (outside a unit of work: every one) and nothing else. Without it they found no
+    handler and Python's last resort printed them on standard error, outside the log; not
+    propagating keeps them from being written twice should anything handle the root logger."""
+    for name, level in FOREIGN_LOGGERS.items():
+        logger = logging.getLogger(name)
+        if _dispatch not in logger.handlers:
+            logger.addHandler(_dispatch)
+        logger.propagate = False
+        logger.setLevel(level)
+
+
 def attach(entry: str, log_file: Path | None, level: str = "INFO", fmt: str = "text") -> LogSink:
     """A sink for ``entry`` writing to ``log_file`` (``None``: standard error)."""
     if log_file is None:
@@ -225,6 +244,7 @@ def attach(entry: str, log_file: Path | None, level: str = "INFO", fmt: str = "t
     if _dispatch not in root.handlers:
         root.addHandler(_dispatch)
     root.propagate = False
+    adopt_foreign_loggers()
     # The logger lets through what the most verbose live sink wants, and no more: a DEBUG
     # line nobody writes would still cost its formatting.
     root.setLevel(min(s.handler.level for s in _dispatch.sinks.values()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from smime_collector import logsetup
 from smime_collector.verdict import Outcome
+from tests.conftest import write_ini
 from tests.helpers import OUTCOME_LINE, post_batch, relay_event
 from tests.paths import REPO
 from webapp import create_app
@@ -161,3 +164,60 @@ def test_log_file_dash_logs_to_standard_error(tmp_path) -> None:
     assert OUTCOME_LINE.search(proc.stderr), proc.stderr
     assert ",readSMIMEsig,INFO," in proc.stderr
     assert not list(tmp_path.glob("*.log"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_database_drivers_warnings_go_to_the_log(tmp_path, database, fmt) -> None:
+    """psycopg's pool logs why it cannot connect (here: a wrong password) from its own threads.
+    Those lines belong in the configured log, as WARNING, and not on standard error through
+    Python's last-resort handler. (Identical lines may appear: the pool tries a first
+    connection and a second for a waiting request in the same millisecond.)"""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not the password\n")
+    ini = write_ini(
+        tmp_path / "webapp.ini",
+        {**database, "database-password-file": str(wrong), "log-file": "webapp.log",
+         "log-format": fmt},
+    )  # fmt: skip
+    message = tmp_path / "message.eml"
+    message.write_bytes(b"From: a@example.org\r\n\r\nnot signed\r\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "readSMIMEsig.py"), "--config", str(ini), str(message)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # rejected: not-signed
+    assert "error connecting" not in proc.stderr, proc.stderr
+    text = (tmp_path / "webapp.log").read_text("utf-8")
+    if fmt == "json":
+        records = [json.loads(line) for line in text.splitlines()]
+        found = [(r["level"], r["logger"], r["message"]) for r in records]
+    else:
+        found = [(level, "", msg) for _, level, _, msg in fields(tmp_path / "webapp.log")]
+    pool = [row for row in found if "error connecting in 'smime-collector'" in row[2]]
+    assert pool, text
+    assert all(row[0] == "WARNING" and "password authentication failed" in row[2] for row in pool)
+    assert all(row[1] == "psycopg.pool" for row in pool) or fmt == "text"
+    assert not any("connection requested" in row[2] for row in found), "the pool's INFO chatter"
+
+
+def test_a_driver_record_is_written_once_and_never_to_standard_error(tmp_path, capfd) -> None:
+    """One record on psycopg's pool logger, as its threads log it (outside any request): one
+    WARNING line in the entry point's log, none on standard error, and its INFO lines left
+    out, however many times entry points attach."""
+    log_file = tmp_path / "entry.log"
+    sink = logsetup.attach("entry", log_file)
+    again = logsetup.attach("entry", tmp_path / "other.log")
+    try:
+        pool_logger = logging.getLogger("psycopg.pool")
+        pool_logger.warning("error connecting in %r: %s", "smime-collector", "refused-4711")
+        pool_logger.info("connection requested from %r", "smime-collector")
+    finally:
+        sink.close()
+        again.close()
+    rows = [row for row in fields(log_file) if "refused-4711" in row[3]]
+    assert [(entry, level, rid) for entry, level, rid, _ in rows] == [("entry", "WARNING", "-")]
+    assert "connection requested" not in log_file.read_text("utf-8")
+    assert "refused-4711" not in capfd.readouterr().err

@@ -37,7 +37,7 @@ from tests.dnsserver import LoopbackDNS
 from tests.helpers import OUTCOME_LINE, TOKEN_HEADER, relay_event, run_cli
 from tests.mailfactory import MailFactory, dkim_sign
 from tests.postgres import PASSWORD, Postgres, running_postgres
-from tests.servers import Gunicorn, start_gunicorn
+from tests.servers import Gunicorn, free_port, start_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -334,3 +334,32 @@ def test_check_config_names_the_database(
     proc = run_cli("--check-config", "--config", host_ini(tmp_path, factory, dns_server, wrong))
     assert proc.returncode == 2
     assert "FAIL store: postgresql://nobody@127.0.0.1:" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "cause"),
+    [
+        ("password", "password authentication failed"),
+        ("database", 'database "no_such_database" does not exist'),
+        ("port", "refused"),
+    ],
+)
+def test_check_config_says_why_the_database_refused(
+    tmp_path, factory, dns_server, database, postgres: Postgres, change, cause
+) -> None:
+    """The one store line carries libpq's reason, not only the pool's "couldn't get a
+    connection", and never the password."""
+    wrong_password = "not-the-collector-password"
+    (tmp_path / "wrong-password").write_text(wrong_password + "\n")
+    url = database["database-url"]
+    changed = {
+        "password": {**database, "database-password-file": str(tmp_path / "wrong-password")},
+        "database": {**database, "database-url": url.rsplit("/", 1)[0] + "/no_such_database"},
+        "port": {**database, "database-url": url.replace(f":{postgres.port}/", f":{free_port()}/")},
+    }[change]
+    proc = run_cli("--check-config", "--config", host_ini(tmp_path, factory, dns_server, changed))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("FAIL store:")]
+    assert line.startswith("FAIL store: postgresql://collector@127.0.0.1:"), line
+    assert cause in line, line
+    assert wrong_password not in proc.stdout + proc.stderr and PASSWORD not in proc.stdout
