@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import TextIO
 
+from smime_collector import logsetup
 from smime_collector.config import ConfigError, Settings, load_settings
 from smime_collector.dnskeys import DNSTempError, KeyResolver
 from smime_collector.store import open_store
@@ -40,6 +41,9 @@ def check_config(config: str | None, out: TextIO) -> int:
         results.append(("trusted-certs", True, f"{len(anchors)} trust anchors loaded"))
     except TrustError as exc:
         results.append(("trusted-certs", False, str(exc).removeprefix("trusted-certs: ")))
+    # The store line says why a database refused; the driver's own warnings saying it again
+    # would otherwise reach standard error through Python's last-resort handler.
+    logsetup.adopt_foreign_loggers()
     opened = open_store(settings)
     try:
         store = opened.health()  # the probe /healthz uses too

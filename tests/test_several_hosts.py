@@ -363,3 +363,4 @@ def test_check_config_says_why_the_database_refused(
     assert line.startswith("FAIL store: postgresql://collector@127.0.0.1:"), line
     assert cause in line, line
     assert wrong_password not in proc.stdout + proc.stderr and PASSWORD not in proc.stdout
+    assert "error connecting" not in proc.stderr, "the cause is said once, in the store line"

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 import psycopg
@@ -43,7 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from psycopg import sql
 from psycopg.rows import TupleRow
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from smime_collector.journal import JournalEntry, JournalPage
 from smime_collector.store import schema
@@ -184,6 +184,25 @@ def safe_url(url: str) -> str:
     return f"postgresql://{user}{host}:{port}/{info.get('dbname', '')}"
 
 
+class _RecordingConnection(psycopg.Connection[TupleRow]):
+    """The connection class of the pool: it remembers, per conninfo, why the last attempt to
+    connect failed. The pool only logs that from its own thread, and a request waiting for a
+    connection gets "couldn't get a connection after N sec", which does not say whether the
+    password, the database name or the server is wrong."""
+
+    failures: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        try:
+            conn = super().connect(conninfo, **kwargs)
+        except psycopg.Error as exc:
+            cls.failures[conninfo] = _one_line(exc)  # libpq's messages carry no password
+            raise
+        cls.failures.pop(conninfo, None)
+        return conn
+
+
 class PostgresStore:
     """Certificates in PostgreSQL; see the module's docstring."""
 
@@ -242,6 +261,7 @@ class PostgresStore:
             if self._pool_obj is None:
                 pool = ConnectionPool(
                     self.url,
+                    connection_class=_RecordingConnection,
                     kwargs={**self._kwargs, "autocommit": True},
                     min_size=1,
                     max_size=self.pool_size,
@@ -267,11 +287,20 @@ class PostgresStore:
                     self._schema_pid = os.getpid()
                 yield conn
         except psycopg.Error as exc:
-            self._last_error = _one_line(exc)
+            self._last_error = self._why(exc)
             if isinstance(exc, psycopg.OperationalError):
                 self._down_until = time.monotonic() + FAIL_FAST_SECONDS
                 self._renew = True
             raise StoreUnavailable(f"{self.description}: {self._last_error}") from exc
+
+    def _why(self, exc: psycopg.Error) -> str:
+        """One line saying why; for a pool that timed out, led by why its last attempt to
+        connect failed (authentication, a refused connection, an unknown database)."""
+        text = _one_line(exc)
+        cause = _RecordingConnection.failures.get(self.url)
+        if isinstance(exc, PoolTimeout) and cause:
+            return f"{cause} ({text})"
+        return text
 
     def close(self) -> None:
         if self._pool_obj is not None and self._pid == os.getpid():
