@@ -1,8 +1,9 @@
 """Metrics that follow Prometheus conventions, through real gunicorn (2 workers).
 
 ``tests/test_operations.py`` checks that every count adds up over the workers under both the
-new and the deprecated names; here: what is read from the store at scrape time, the build, and
-requests that never got an answer because gunicorn's worker timeout killed their worker.
+new and the deprecated names; here: what is read from the store at scrape time (and how long a
+scrape waits for a database that is down), the build, and requests that never got an answer
+because gunicorn's worker timeout killed their worker.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 import smime_collector
 from smime_collector.metrics import DEPRECATED
 from smime_collector.store import FolderStore
+from smime_collector.store.postgres import POOL_WAIT, STATS_WAIT
 from tests import pki
 from tests.conftest import write_ini
 from tests.helpers import TOKEN_HEADER, relay_event
 from tests.servers import Gunicorn, start_gunicorn
 from tests.test_operations import call
+from webapp import create_app
 
 pytestmark = pytest.mark.slow
 
@@ -160,3 +163,25 @@ def timeouts(server: Gunicorn) -> float:
 
 def json_headers(token: str = WEBHOOK_TOKEN) -> dict[str, str]:
     return {"Content-Type": "application/json", TOKEN_HEADER: token}
+
+
+def test_a_scrape_during_a_database_outage_waits_briefly_for_the_store(
+    make_settings, database, tmp_path
+) -> None:
+    """The store's gauges ask the database with a short wait of their own, not the pool's
+    request wait: a scrape while the database refuses (here: a wrong password) is answered
+    soon, with the gauges left out and the rest served. What the scrape waited is read from
+    the reason the log gives, not timed."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not the password\n")
+    settings = make_settings(**database, database_password_file=str(wrong))
+    client = create_app(settings).test_client()
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert b"smime_build_info" in answer.data
+    assert b"smime_certificates_stored " not in answer.data
+    log = (tmp_path / "webapp.log").read_text("utf-8")
+    (line,) = [line for line in log.splitlines() if "metrics: store gauges left out" in line]
+    assert "password authentication failed" in line, line
+    assert f"couldn't get a connection after {STATS_WAIT:.2f} sec" in line, line
+    assert STATS_WAIT < POOL_WAIT

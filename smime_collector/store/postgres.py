@@ -75,6 +75,10 @@ CONNECT_TIMEOUT = 5
 POOL_WAIT = 5.0
 #: Seconds ``/healthz`` and ``--check-config`` wait for one.
 HEALTH_WAIT = 2.0
+#: Seconds :meth:`PostgresStore.stats` waits for one: every ``/metrics`` scrape asks, and one
+#: during an outage must be answered soon (without the store's gauges), not after
+#: :data:`POOL_WAIT`. Within :data:`FAIL_FAST_SECONDS` of a failure it does not wait at all.
+STATS_WAIT = 1.0
 #: Server-side bounds on one statement and on waiting for a row lock, in milliseconds.
 STATEMENT_TIMEOUT_MS = 5000
 LOCK_TIMEOUT_MS = 5000
@@ -503,7 +507,7 @@ class PostgresStore:
         return Page([Entry(*row[:4]) for row in rows], total, offset, limit)
 
     def stats(self, expiring_before: datetime | None = None) -> StoreStats:
-        with self._connection() as conn:
+        with self._connection(wait=STATS_WAIT) as conn:
             row = conn.execute(STATS_SQL, (expiring_before,)).fetchone()
         count, expiring, earliest = row if row else (0, 0, None)
         return StoreStats(count, expiring if expiring_before is not None else 0, earliest)
