@@ -1,4 +1,5 @@
-"""What the HTTP intakes and operator routes share: the app's state and credential checks."""
+"""What the HTTP intakes and operator routes share: the app's state, credential checks and the
+answers every provider's door gives alike."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from smime_collector.deadline import Deadline
 from smime_collector.delivery import Delivery, Envelope
 from smime_collector.pipeline import Collector
 from smime_collector.serving import request_budget
-from smime_collector.verdict import Verdict
+from smime_collector.verdict import Outcome, Verdict
 
 STATE_KEY = "smime_collector"
 #: The realm HTTP Basic doors name in their challenge.
@@ -78,6 +79,25 @@ def basic_denied() -> tuple[Response, int]:
     response = jsonify(message="Invalid or missing HTTP Basic credentials")
     response.headers["WWW-Authenticate"] = f'Basic realm="{BASIC_REALM}", charset="UTF-8"'
     return response, 401
+
+
+def ok() -> tuple[Response, int]:
+    """200: the provider is done with the delivery and does not send it again."""
+    return jsonify(message="OK"), 200
+
+
+def retry() -> tuple[Response, int]:
+    """503: the provider sends the delivery again later (only a failing dependency gets it)."""
+    return jsonify(message="Temporary failure; please retry"), 503
+
+
+def provider_answer(verdict: Verdict) -> tuple[Response, int]:
+    """A verdict as a provider's door answers it: 503 for ``tempfail``, so that the provider
+    retries; 200 for every final verdict, which the provider is not told (only ``/raw``, whose
+    caller holds the token, answers with the verdict itself)."""
+    if verdict.outcome is Outcome.TEMPFAIL:
+        return retry()
+    return ok()
 
 
 def log_request() -> None:

@@ -23,9 +23,15 @@ from flask import Blueprint, Flask, Response, jsonify
 from smime_collector.config import Settings
 from smime_collector.delivery import Envelope
 from smime_collector.intake import answers
-from smime_collector.intake.common import judge, log_request, request_deadline, state
+from smime_collector.intake.common import (
+    judge,
+    log_request,
+    provider_answer,
+    request_deadline,
+    state,
+)
 from smime_collector.intake.forms import BadForm, read_form, text_field
-from smime_collector.verdict import Outcome, Verdict
+from smime_collector.verdict import Verdict
 
 INTAKE = "mailgun"
 PATH = "/mailgun/mime"
@@ -46,9 +52,7 @@ def install(app: Flask, settings: Settings) -> None:
 
 def answer(verdict: Verdict) -> tuple[Response, int]:
     """The one place a verdict becomes Mailgun's answer: 503 makes Mailgun retry."""
-    if verdict.outcome is Outcome.TEMPFAIL:
-        return jsonify(message="Temporary failure; please retry"), 503
-    return jsonify(message="OK"), 200
+    return provider_answer(verdict)
 
 
 def denied(why: str) -> tuple[Response, int]:

@@ -25,12 +25,13 @@ from smime_collector.intake.common import (
     basic_ok,
     judge,
     log_request,
+    provider_answer,
     read_body,
     request_deadline,
     state,
 )
 from smime_collector.intake.jsonbody import BadJSON, json_object, string_field, utf8_bytes
-from smime_collector.verdict import Outcome, Verdict
+from smime_collector.verdict import Verdict
 
 INTAKE = "postmark"
 PATH = "/postmark"
@@ -53,9 +54,7 @@ def install(app: Flask, settings: Settings) -> None:
 
 def answer(verdict: Verdict) -> tuple[Response, int]:
     """The one place a verdict becomes Postmark's answer: 503 makes Postmark retry."""
-    if verdict.outcome is Outcome.TEMPFAIL:
-        return jsonify(message="Temporary failure; please retry"), 503
-    return jsonify(message="OK"), 200
+    return provider_answer(verdict)
 
 
 @blueprint.post(PATH)

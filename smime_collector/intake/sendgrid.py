@@ -23,11 +23,12 @@ from smime_collector.intake.common import (
     basic_ok,
     judge,
     log_request,
+    provider_answer,
     request_deadline,
     state,
 )
 from smime_collector.intake.forms import MULTIPART, BadForm, read_form
-from smime_collector.verdict import Outcome, Verdict
+from smime_collector.verdict import Verdict
 
 INTAKE = "sendgrid"
 PATH = "/sendgrid"
@@ -50,9 +51,7 @@ def install(app: Flask, settings: Settings) -> None:
 
 def answer(verdict: Verdict) -> tuple[Response, int]:
     """The one place a verdict becomes SendGrid's answer: 503 makes SendGrid retry."""
-    if verdict.outcome is Outcome.TEMPFAIL:
-        return jsonify(message="Temporary failure; please retry"), 503
-    return jsonify(message="OK"), 200
+    return provider_answer(verdict)
 
 
 @blueprint.post(PATH)

@@ -29,12 +29,15 @@ from smime_collector.intake import answers, sns
 from smime_collector.intake.common import (
     judge,
     log_request,
+    ok,
+    provider_answer,
     read_body,
     request_deadline,
+    retry,
     state,
 )
 from smime_collector.intake.jsonbody import BadJSON, json_object, string_field
-from smime_collector.verdict import Outcome, Verdict
+from smime_collector.verdict import Verdict
 
 INTAKE = "ses"
 PATH = "/ses"
@@ -57,9 +60,7 @@ def install(app: Flask, settings: Settings) -> None:
 
 def answer(verdict: Verdict) -> tuple[Response, int]:
     """The one place a verdict becomes SNS's answer: 503 makes SNS retry the notification."""
-    if verdict.outcome is Outcome.TEMPFAIL:
-        return jsonify(message="Temporary failure; please retry"), 503
-    return jsonify(message="OK"), 200
+    return provider_answer(verdict)
 
 
 def refused(why: str) -> tuple[Response, int]:
@@ -84,7 +85,7 @@ def ses() -> tuple[Response, int]:
         return refused(str(exc))
     except sns.Unavailable as exc:
         log.warning("| cannot check the SNS signature now: %s", exc)
-        return jsonify(message="Temporary failure; please retry"), 503
+        return retry()
     topic = message["TopicArn"]
     if topic not in state().settings.ses_topic_arns:
         return refused(f"topic {topic[:200]!r} is not in ses-topic-arns")
@@ -93,7 +94,7 @@ def ses() -> tuple[Response, int]:
         return confirm(message["SubscribeURL"], message["SigningCertURL"], fetcher, deadline)
     if message["Type"] == "UnsubscribeConfirmation":
         log.warning("| the subscription to %s was removed; not confirming it again", topic)
-        return jsonify(message="OK"), 200
+        return ok()
     return notification(message, deadline)
 
 
@@ -108,7 +109,7 @@ def confirm(
         fetcher.get(url, deadline, sns.MAX_CONFIRMATION_BYTES)
     except sns.Unavailable as exc:
         log.warning("| subscription not confirmed: %s", exc)
-        return jsonify(message="Temporary failure; please retry"), 503
+        return retry()
     log.info("| subscription confirmed")
     return jsonify(message="Subscription confirmed"), 200
 
