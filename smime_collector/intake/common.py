@@ -59,6 +59,12 @@ def bearer_denied() -> tuple[Response, int]:
     return response, 401
 
 
+def bearer_refused(door_log: logging.Logger) -> tuple[Response, int]:
+    """A door's 401 for a missing or wrong bearer token, logged in the door's own log."""
+    door_log.warning("| refused: invalid bearer token")
+    return bearer_denied()
+
+
 def basic_ok(expected: str) -> bool:
     """HTTP Basic credentials equal to ``expected`` (``user:password``), in constant time.
 
@@ -79,6 +85,18 @@ def basic_denied() -> tuple[Response, int]:
     response = jsonify(message="Invalid or missing HTTP Basic credentials")
     response.headers["WWW-Authenticate"] = f'Basic realm="{BASIC_REALM}", charset="UTF-8"'
     return response, 401
+
+
+def basic_refused(door_log: logging.Logger) -> tuple[Response, int]:
+    """A door's 401 for missing or wrong HTTP Basic credentials, logged in the door's own log."""
+    door_log.warning("| refused: invalid HTTP Basic credentials")
+    return basic_denied()
+
+
+def bad_request(door_log: logging.Logger, why: str) -> tuple[Response, int]:
+    """400 naming what is wrong with the request, logged in the door's own log."""
+    door_log.info("| bad request: %s", why)
+    return jsonify(message=why), 400
 
 
 def ok() -> tuple[Response, int]:

@@ -24,6 +24,7 @@ from smime_collector.config import Settings
 from smime_collector.delivery import Envelope
 from smime_collector.intake import answers
 from smime_collector.intake.common import (
+    bad_request,
     judge,
     log_request,
     provider_answer,
@@ -79,8 +80,7 @@ def mailgun() -> tuple[Response, int]:
             text_field(form, name) for name in ("timestamp", "token", "signature")
         )
     except BadForm as exc:
-        log.info("| bad request: %s", exc)
-        return jsonify(message=str(exc)), 400
+        return bad_request(log, str(exc))
     if timestamp is None or token is None or signature is None:
         return denied("timestamp, token and signature are required (Mailgun signs every post)")
     if not signature_ok(state().settings.mailgun_signing_key, timestamp, token, signature):

@@ -21,8 +21,9 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from smime_collector.config import Settings
 from smime_collector.delivery import Envelope
 from smime_collector.intake.common import (
-    basic_denied,
+    bad_request,
     basic_ok,
+    basic_refused,
     judge,
     log_request,
     provider_answer,
@@ -61,8 +62,7 @@ def answer(verdict: Verdict) -> tuple[Response, int]:
 def postmark() -> tuple[Response, int]:
     log_request()
     if not basic_ok(state().settings.postmark_basic_auth):
-        log.warning("| refused: invalid HTTP Basic credentials")
-        return basic_denied()
+        return basic_refused(log)
     deadline = request_deadline()
     if request.mimetype != "application/json":
         return jsonify(message="Content-Type must be application/json"), 400
@@ -72,8 +72,7 @@ def postmark() -> tuple[Response, int]:
             raise BadJSON(RAW_MISSING)
         raw = utf8_bytes(string_field(inbound, "RawEmail"), "RawEmail")
     except BadJSON as exc:
-        log.info("| bad request: %s", exc)
-        return jsonify(message=str(exc)), 400
+        return bad_request(log, str(exc))
     verdict = judge(raw, INTAKE, _envelope(inbound), deadline)
     return answer(verdict)
 

@@ -16,8 +16,8 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from smime_collector.config import Settings
 from smime_collector.delivery import Envelope
 from smime_collector.intake.common import (
-    bearer_denied,
     bearer_ok,
+    bearer_refused,
     judge,
     log_request,
     read_body,
@@ -54,8 +54,7 @@ def answer(verdict: Verdict) -> tuple[Response, int]:
 def raw_message() -> tuple[Response, int]:
     log_request()
     if not bearer_ok(state().settings.raw_token):
-        log.warning("| refused: invalid bearer token")
-        return bearer_denied()
+        return bearer_refused(log)
     deadline = request_deadline()
     if request.mimetype != CONTENT_TYPE:
         return jsonify(message=f"Content-Type must be {CONTENT_TYPE}"), 400

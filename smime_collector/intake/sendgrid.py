@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, Flask, Response, jsonify
+from flask import Blueprint, Flask, Response
 
 from smime_collector.config import Settings
 from smime_collector.delivery import Envelope
 from smime_collector.intake.common import (
-    basic_denied,
+    bad_request,
     basic_ok,
+    basic_refused,
     judge,
     log_request,
     provider_answer,
@@ -58,18 +59,15 @@ def answer(verdict: Verdict) -> tuple[Response, int]:
 def sendgrid() -> tuple[Response, int]:
     log_request()
     if not basic_ok(state().settings.sendgrid_basic_auth):
-        log.warning("| refused: invalid HTTP Basic credentials")
-        return basic_denied()
+        return basic_refused(log)
     deadline = request_deadline()
     try:
         form = read_form((MULTIPART,))
     except BadForm as exc:
-        log.info("| bad request: %s", exc)
-        return jsonify(message=str(exc)), 400
+        return bad_request(log, str(exc))
     raw = form.get("email")
     if raw is None:
-        log.info("| bad request: %s", RAW_MISSING)
-        return jsonify(message=RAW_MISSING), 400
+        return bad_request(log, RAW_MISSING)
     envelope = _envelope(form.get("envelope"))
     del form  # the message is held once from here on
     return answer(judge(raw, INTAKE, envelope, deadline))

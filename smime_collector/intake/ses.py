@@ -27,6 +27,7 @@ from smime_collector.deadline import Deadline
 from smime_collector.delivery import Envelope
 from smime_collector.intake import answers, sns
 from smime_collector.intake.common import (
+    bad_request,
     judge,
     log_request,
     ok,
@@ -77,8 +78,7 @@ def ses() -> tuple[Response, int]:
     try:
         message = sns.fields(json_object(read_body(), "an SNS message"))
     except BadJSON as exc:
-        log.info("| bad request: %s", exc)
-        return jsonify(message=str(exc)), 400
+        return bad_request(log, str(exc))
     try:
         sns.verify(message, fetcher, deadline)
     except sns.Forged as exc:
@@ -126,8 +126,7 @@ def notification(message: dict[str, str], deadline: Deadline) -> tuple[Response,
     try:
         raw, envelope = ses_content(message["Message"])
     except BadJSON as exc:
-        log.info("| bad request: %s", exc)
-        return jsonify(message=str(exc)), 400
+        return bad_request(log, str(exc))
     verdict = judge(raw, INTAKE, envelope, deadline)
     answers.remember(INTAKE, message["MessageId"], verdict)
     return answer(verdict)

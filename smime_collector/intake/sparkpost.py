@@ -21,7 +21,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from smime_collector.deadline import Deadline
 from smime_collector.delivery import Delivery, Envelope
-from smime_collector.intake.common import read_body, state, token_ok
+from smime_collector.intake.common import bad_request, read_body, state, token_ok
 from smime_collector.serving import request_budget
 from smime_collector.verdict import Outcome, Verdict
 
@@ -58,8 +58,7 @@ def relay() -> tuple[Response, int]:
         events = parse_batch(body)
         del body  # each message is held once from here on, as bytes
     except BadRequest as exc:
-        log.info("| bad request: %s", exc)
-        return jsonify(message=str(exc)), 400
+        return bad_request(log, str(exc))
     except BatchTooLarge as exc:
         log.info("| batch too large: %s", exc)
         return jsonify(message=str(exc)), 413
