@@ -13,16 +13,13 @@ import base64
 import binascii
 import json
 import logging
-import os
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from smime_collector.deadline import Deadline
 from smime_collector.delivery import Delivery, Envelope
-from smime_collector.intake.common import bad_request, read_body, state, token_ok
-from smime_collector.serving import request_budget
+from smime_collector.intake.common import bad_request, read_body, request_deadline, state, token_ok
 from smime_collector.verdict import Outcome, Verdict
 
 INTAKE = "sparkpost"
@@ -51,7 +48,7 @@ def relay() -> tuple[Response, int]:
     if not token_ok(request.headers.get(TOKEN_HEADER), settings.webhook_token):
         log.warning("| invalid %s", TOKEN_HEADER)
         return jsonify(message=f"Invalid {TOKEN_HEADER} in request headers"), 401
-    deadline = Deadline.after(request_budget(os.environ))
+    deadline = request_deadline()
     body = read_body(settings.max_request_bytes)
     log.info("| len(headers)=%d,len(body)=%d", len(request.headers), len(body))
     try:
