@@ -28,13 +28,22 @@ from smime_collector.verdict import Verdict
 log = logging.getLogger(__name__)
 
 
-def recall(door: str, key: str) -> Verdict | None:
-    """The final answer ``key`` already got at ``door``, if the store remembers one."""
+def recall(door: str, key: str, what: str, door_log: logging.Logger) -> Verdict | None:
+    """The final answer ``key`` (the door's ``what``: token, MessageId) already got at
+    ``door``, if the store remembers one; a repeat says so in the door's own log."""
     try:
-        return state().collector.store.recall_answer(door, key)
+        remembered = state().collector.store.recall_answer(door, key)
     except StoreUnavailable as exc:
         log.warning("| answer memory unreadable (%s): judging as new", exc)
         return None
+    if remembered is not None:
+        door_log.info(
+            "| %s already answered (%s, %s): the same answer, not judged again",
+            what,
+            remembered.outcome.value,
+            remembered.reason,
+        )
+    return remembered
 
 
 def remember(door: str, key: str, verdict: Verdict) -> None:

@@ -96,13 +96,8 @@ def mailgun() -> tuple[Response, int]:
         )
     # Only a fresh, correctly signed request may learn a remembered answer: a stale capture is
     # refused above whatever its token got when it was fresh.
-    remembered = answers.recall(INTAKE, token)
+    remembered = answers.recall(INTAKE, token, "token", log)
     if remembered is not None:
-        log.info(
-            "| token already answered (%s, %s): the same answer, not judged again",
-            remembered.outcome.value,
-            remembered.reason,
-        )
         return answer(remembered)
     raw = form.get("body-mime")
     if raw is None:

@@ -115,13 +115,8 @@ def confirm(
 
 
 def notification(message: dict[str, str], deadline: Deadline) -> tuple[Response, int]:
-    remembered = answers.recall(INTAKE, message["MessageId"])
+    remembered = answers.recall(INTAKE, message["MessageId"], "MessageId", log)
     if remembered is not None:
-        log.info(
-            "| MessageId already answered (%s, %s): the same answer, not judged again",
-            remembered.outcome.value,
-            remembered.reason,
-        )
         return answer(remembered)
     try:
         raw, envelope = ses_content(message["Message"])
