@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,6 +26,9 @@ from smime_collector.verdict import Outcome, Verdict
 STATE_KEY = "smime_collector"
 #: The realm HTTP Basic doors name in their challenge.
 BASIC_REALM = "smime-collector"
+
+#: A door's view: it answers one request within the budget it is given.
+View = Callable[[Deadline], tuple[Response, int]]
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +64,6 @@ def bearer_denied() -> tuple[Response, int]:
     return response, 401
 
 
-def bearer_refused(door_log: logging.Logger) -> tuple[Response, int]:
-    """A door's 401 for a missing or wrong bearer token, logged in the door's own log."""
-    door_log.warning("| refused: invalid bearer token")
-    return bearer_denied()
-
-
 def basic_ok(expected: str) -> bool:
     """HTTP Basic credentials equal to ``expected`` (``user:password``), in constant time.
 
@@ -85,12 +84,6 @@ def basic_denied() -> tuple[Response, int]:
     response = jsonify(message="Invalid or missing HTTP Basic credentials")
     response.headers["WWW-Authenticate"] = f'Basic realm="{BASIC_REALM}", charset="UTF-8"'
     return response, 401
-
-
-def basic_refused(door_log: logging.Logger) -> tuple[Response, int]:
-    """A door's 401 for missing or wrong HTTP Basic credentials, logged in the door's own log."""
-    door_log.warning("| refused: invalid HTTP Basic credentials")
-    return basic_denied()
 
 
 def bad_request(door_log: logging.Logger, why: str) -> tuple[Response, int]:
@@ -126,6 +119,39 @@ def log_request() -> None:
 def request_deadline() -> Deadline:
     """One budget per request, so that it is answered before gunicorn's worker timeout."""
     return Deadline.after(request_budget(os.environ))
+
+
+def door(
+    door_log: logging.Logger,
+    *,
+    basic: Callable[[Settings], str] | None = None,
+    bearer: Callable[[Settings], str] | None = None,
+) -> Callable[[View], Callable[[], tuple[Response, int]]]:
+    """How every HTTP door but the relay's opens a request, as a decorator of its view.
+
+    First the request's log line; then the credentials a header carries, when the door has
+    them (HTTP Basic equal to ``basic(settings)``, or a bearer token equal to
+    ``bearer(settings)``), refused with a 401 logged in the door's own log (``door_log``);
+    only then the request's time budget, which the view is called with. Doors whose
+    credentials travel in the body (Mailgun's signature, SNS's) check them in the view.
+    """
+
+    def wrap(view: View) -> Callable[[], tuple[Response, int]]:
+        @functools.wraps(view)
+        def opened() -> tuple[Response, int]:
+            log_request()
+            settings = state().settings
+            if basic is not None and not basic_ok(basic(settings)):
+                door_log.warning("| refused: invalid HTTP Basic credentials")
+                return basic_denied()
+            if bearer is not None and not bearer_ok(bearer(settings)):
+                door_log.warning("| refused: invalid bearer token")
+                return bearer_denied()
+            return view(request_deadline())
+
+        return opened
+
+    return wrap
 
 
 def read_body(limit: int | None = None) -> bytes:

@@ -21,16 +21,10 @@ import time
 from flask import Blueprint, Flask, Response, jsonify
 
 from smime_collector.config import Settings
+from smime_collector.deadline import Deadline
 from smime_collector.delivery import Envelope
 from smime_collector.intake import answers
-from smime_collector.intake.common import (
-    bad_request,
-    judge,
-    log_request,
-    provider_answer,
-    request_deadline,
-    state,
-)
+from smime_collector.intake.common import bad_request, door, judge, provider_answer, state
 from smime_collector.intake.forms import BadForm, read_form, text_field
 from smime_collector.verdict import Verdict
 
@@ -71,9 +65,8 @@ def signature_ok(key: str, timestamp: str, token: str, signature: str) -> bool:
 
 
 @blueprint.post(PATH)
-def mailgun() -> tuple[Response, int]:
-    log_request()
-    deadline = request_deadline()
+@door(log)
+def mailgun(deadline: Deadline) -> tuple[Response, int]:
     try:
         form = read_form()
         timestamp, token, signature = (

@@ -19,17 +19,14 @@ from typing import Any
 from flask import Blueprint, Flask, Response, jsonify, request
 
 from smime_collector.config import Settings
+from smime_collector.deadline import Deadline
 from smime_collector.delivery import Envelope
 from smime_collector.intake.common import (
     bad_request,
-    basic_ok,
-    basic_refused,
+    door,
     judge,
-    log_request,
     provider_answer,
     read_body,
-    request_deadline,
-    state,
 )
 from smime_collector.intake.jsonbody import BadJSON, json_object, string_field, utf8_bytes
 from smime_collector.verdict import Verdict
@@ -59,11 +56,8 @@ def answer(verdict: Verdict) -> tuple[Response, int]:
 
 
 @blueprint.post(PATH)
-def postmark() -> tuple[Response, int]:
-    log_request()
-    if not basic_ok(state().settings.postmark_basic_auth):
-        return basic_refused(log)
-    deadline = request_deadline()
+@door(log, basic=lambda settings: settings.postmark_basic_auth)
+def postmark(deadline: Deadline) -> tuple[Response, int]:
     if request.mimetype != "application/json":
         return jsonify(message="Content-Type must be application/json"), 400
     try:

@@ -14,15 +14,12 @@ import logging
 from flask import Blueprint, Flask, Response, jsonify, request
 
 from smime_collector.config import Settings
+from smime_collector.deadline import Deadline
 from smime_collector.delivery import Envelope
 from smime_collector.intake.common import (
-    bearer_ok,
-    bearer_refused,
+    door,
     judge,
-    log_request,
     read_body,
-    request_deadline,
-    state,
 )
 from smime_collector.verdict import Outcome, Verdict
 
@@ -51,11 +48,8 @@ def answer(verdict: Verdict) -> tuple[Response, int]:
 
 
 @blueprint.post(PATH)
-def raw_message() -> tuple[Response, int]:
-    log_request()
-    if not bearer_ok(state().settings.raw_token):
-        return bearer_refused(log)
-    deadline = request_deadline()
+@door(log, bearer=lambda settings: settings.raw_token)
+def raw_message(deadline: Deadline) -> tuple[Response, int]:
     if request.mimetype != CONTENT_TYPE:
         return jsonify(message=f"Content-Type must be {CONTENT_TYPE}"), 400
     raw = read_body()

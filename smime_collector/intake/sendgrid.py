@@ -17,16 +17,13 @@ import logging
 from flask import Blueprint, Flask, Response
 
 from smime_collector.config import Settings
+from smime_collector.deadline import Deadline
 from smime_collector.delivery import Envelope
 from smime_collector.intake.common import (
     bad_request,
-    basic_ok,
-    basic_refused,
+    door,
     judge,
-    log_request,
     provider_answer,
-    request_deadline,
-    state,
 )
 from smime_collector.intake.forms import MULTIPART, BadForm, read_form
 from smime_collector.verdict import Verdict
@@ -56,11 +53,8 @@ def answer(verdict: Verdict) -> tuple[Response, int]:
 
 
 @blueprint.post(PATH)
-def sendgrid() -> tuple[Response, int]:
-    log_request()
-    if not basic_ok(state().settings.sendgrid_basic_auth):
-        return basic_refused(log)
-    deadline = request_deadline()
+@door(log, basic=lambda settings: settings.sendgrid_basic_auth)
+def sendgrid(deadline: Deadline) -> tuple[Response, int]:
     try:
         form = read_form((MULTIPART,))
     except BadForm as exc:

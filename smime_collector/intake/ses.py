@@ -28,12 +28,11 @@ from smime_collector.delivery import Envelope
 from smime_collector.intake import answers, sns
 from smime_collector.intake.common import (
     bad_request,
+    door,
     judge,
-    log_request,
     ok,
     provider_answer,
     read_body,
-    request_deadline,
     retry,
     state,
 )
@@ -71,9 +70,8 @@ def refused(why: str) -> tuple[Response, int]:
 
 
 @blueprint.post(PATH)
-def ses() -> tuple[Response, int]:
-    log_request()
-    deadline = request_deadline()
+@door(log)
+def ses(deadline: Deadline) -> tuple[Response, int]:
     fetcher: sns.Fetcher = current_app.extensions[FETCHER_KEY]
     try:
         message = sns.fields(json_object(read_body(), "an SNS message"))
