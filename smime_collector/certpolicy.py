@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from smime_collector import pathvalidation
 from smime_collector.deadline import Deadline
-from smime_collector.pathvalidation import EMAIL_EKUS, MIN_RSA_BITS, ValidPath
+from smime_collector.pathvalidation import EMAIL_EKUS, MIN_RSA_BITS, ValidPath, extension
 from smime_collector.revocation import Revocation
 from smime_collector.trust import Anchors
 from smime_collector.verdict import Check
@@ -67,13 +67,13 @@ def _validity(cert: x509.Certificate, at: datetime, what: str) -> Check:
 
 def check_signing_usage(c: Candidate) -> Check:
     """The signer's certificate must allow signing email."""
-    ku = _extension(c.cert, x509.KeyUsage)
+    ku = extension(c.cert, x509.KeyUsage)
     if ku is not None and not (ku.digital_signature or ku.content_commitment):
         return Check.fail(
             "wrong-key-usage",
             "keyUsage allows neither digitalSignature nor nonRepudiation",
         )
-    eku = _extension(c.cert, x509.ExtendedKeyUsage)
+    eku = extension(c.cert, x509.ExtendedKeyUsage)
     if eku is not None and not EMAIL_EKUS.intersection(eku):
         return Check.fail("wrong-key-usage", "extended key usage excludes emailProtection")
     return Check.passed("usage allows email signing")
@@ -88,8 +88,8 @@ def check_key_strength(c: Candidate) -> Check:
 
 def check_not_a_ca(c: Candidate) -> Check:
     """A CA certificate is never stored as a person's certificate, whatever else it allows."""
-    bc = _extension(c.cert, x509.BasicConstraints)
-    if bc is not None and bc.ca:  # type: ignore[attr-defined]
+    bc = extension(c.cert, x509.BasicConstraints)
+    if bc is not None and bc.ca:
         return Check.fail("wrong-key-usage", "the certificate is a CA certificate (CA:TRUE)")
     return Check.passed("an end-entity certificate")
 
@@ -127,7 +127,7 @@ def check_revocation(c: Candidate) -> Check:
 
 def emails_of(cert: x509.Certificate) -> list[str]:
     """SAN rfc822Name entries, else the subject's emailAddress attributes (RFC 8550 §3)."""
-    san = _extension(cert, x509.SubjectAlternativeName)
+    san = extension(cert, x509.SubjectAlternativeName)
     if san is not None:
         names = san.get_values_for_type(x509.RFC822Name)
         if names:
@@ -148,7 +148,7 @@ def check_address(c: Candidate) -> Check:
 def check_encryption_usage(c: Candidate) -> Check:
     """The stored certificate must let the application encrypt to it."""
     key = c.cert.public_key()
-    ku = _extension(c.cert, x509.KeyUsage)
+    ku = extension(c.cert, x509.KeyUsage)
     if isinstance(key, rsa.RSAPublicKey):
         if ku is None or ku.key_encipherment:
             return Check.passed("RSA key usable for key transport")
@@ -189,13 +189,6 @@ def judge(c: Candidate, rules: tuple[Rule, ...], log: Callable[[str], None]) -> 
         if not check.ok:
             return check
     return Check.passed()
-
-
-def _extension(cert: x509.Certificate, kind: type) -> object | None:
-    try:
-        return cert.extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
-        return None
 
 
 def key_type(cert: x509.Certificate) -> str:

@@ -68,6 +68,7 @@ MAX_CANDIDATE_PATHS = 16
 
 _DER = Encoding.DER
 T = TypeVar("T")
+E = TypeVar("E", bound=x509.ExtensionType)
 
 # pyhanko logs every CRL or OCSP answer it cannot use as a WARNING with a traceback; the
 # verdict's detail already says why, in one line, in the request's own log.
@@ -342,8 +343,8 @@ def smime_rules(
 ) -> Check:
     """What S/MIME asks of a path beyond RFC 5280."""
     for ca in below[1:]:
-        eku = _extension(ca, x509.ExtendedKeyUsage)
-        if eku is not None and not EMAIL_EKUS.intersection(eku):  # type: ignore[arg-type]
+        eku = extension(ca, x509.ExtendedKeyUsage)
+        if eku is not None and not EMAIL_EKUS.intersection(eku):
             return Check.fail(
                 "wrong-key-usage",
                 f"issuer {common_name(ca)}'s extended key usage excludes emailProtection",
@@ -378,18 +379,16 @@ def _subject_emails_constrained(below: Sequence[x509.Certificate]) -> Check:
     if not addresses:
         return Check.passed()
     for ca in below[1:]:
-        constraints = _extension(ca, x509.NameConstraints)
+        constraints = extension(ca, x509.NameConstraints)
         if constraints is None:
             continue
         permitted = [
             n.value
-            for n in (constraints.permitted_subtrees or ())  # type: ignore[attr-defined]
+            for n in (constraints.permitted_subtrees or ())
             if isinstance(n, x509.RFC822Name)
         ]
         excluded = [
-            n.value
-            for n in (constraints.excluded_subtrees or ())  # type: ignore[attr-defined]
-            if isinstance(n, x509.RFC822Name)
+            n.value for n in (constraints.excluded_subtrees or ()) if isinstance(n, x509.RFC822Name)
         ]
         for address in addresses:
             if permitted and not any(email_tree_contains(p, address) for p in permitted):
@@ -406,7 +405,8 @@ def _subject_emails_constrained(below: Sequence[x509.Certificate]) -> Check:
     return Check.passed()
 
 
-def _extension(cert: x509.Certificate, kind: type) -> object | None:
+def extension(cert: x509.Certificate, kind: type[E]) -> E | None:
+    """The value of ``cert``'s extension of type ``kind``, or ``None`` when it has none."""
     try:
         return cert.extensions.get_extension_for_class(kind).value
     except x509.ExtensionNotFound:

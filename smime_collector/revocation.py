@@ -664,9 +664,8 @@ def _http(urls: list[str]) -> list[str]:
 
 
 def _crl_urls(cert: x509.Certificate) -> list[str]:
-    try:
-        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    except x509.ExtensionNotFound:
+    points = pathvalidation.extension(cert, x509.CRLDistributionPoints)
+    if points is None:
         return []
     urls = [
         name.value
@@ -678,9 +677,8 @@ def _crl_urls(cert: x509.Certificate) -> list[str]:
 
 
 def _ocsp_urls(cert: x509.Certificate) -> list[str]:
-    try:
-        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
-    except x509.ExtensionNotFound:
+    aia = pathvalidation.extension(cert, x509.AuthorityInformationAccess)
+    if aia is None:
         return []
     urls = [
         d.access_location.value
