@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from smime_collector import logsetup
-from smime_collector.checkconfig import check_config, load
+from smime_collector.checkconfig import check_config
 from smime_collector.cli import transfer
 from smime_collector.cli.common import (
     EXIT_OK,
@@ -28,14 +27,13 @@ from smime_collector.cli.common import (
     EXIT_USAGE,
     add_config_argument,
     add_version_argument,
+    open_collector,
 )
 from smime_collector.cli.recheck import run_recheck
-from smime_collector.config import ConfigError
 from smime_collector.delivery import Delivery
 from smime_collector.harvest import Source, collect
 from smime_collector.intake import pipe
 from smime_collector.pipeline import Collector
-from smime_collector.trust import TrustError
 from smime_collector.verdict import Outcome, Reason, Verdict
 
 INTAKE = "cli"
@@ -154,13 +152,10 @@ def main(argv: list[str] | None = None) -> int:
 def judge_paths(files: list[str], config: str | None, as_json: bool, prog: str, entry: str) -> int:
     """Judge every message found under ``files``, print one line (or JSON object) each and a
     summary, and return the exit code. ``entry`` names the program in the log."""
-    try:
-        settings = load(config)
-        sink = logsetup.attach(entry, settings.log_file, settings.log_level, settings.log_format)
-        collector = Collector.build(settings, sink)
-    except (ConfigError, TrustError, OSError) as exc:
-        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+    opened = open_collector(config, entry, prog)
+    if opened is None:
         return EXIT_USAGE
+    collector, _ = opened
     sources = collect(files)
     if not sources:
         print(f"{prog}: no messages found", file=sys.stderr)

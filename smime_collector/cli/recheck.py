@@ -10,13 +10,14 @@ import sys
 from datetime import UTC, datetime
 from typing import TextIO
 
-from smime_collector import logsetup, recheck
-from smime_collector.checkconfig import load
-from smime_collector.cli.common import EXIT_TEMPFAIL, EXIT_USAGE, add_config_argument
-from smime_collector.config import ConfigError
-from smime_collector.pipeline import Collector
+from smime_collector import recheck
+from smime_collector.cli.common import (
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    add_config_argument,
+    open_collector,
+)
 from smime_collector.store import StoreUnavailable
-from smime_collector.trust import TrustError
 
 HELP = "validate every stored certificate again as of now; move revoked ones to the history"
 EPILOG = "Exit: 0 all valid, 1 any revoked or expired, 75 a check a retry could settle, 2 config."
@@ -34,13 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
 def run_recheck(config: str | None, as_json: bool, out: TextIO, prog: str, entry: str) -> int:
     """Every stored certificate, one line (or JSON object) each; see :mod:`recheck`."""
-    try:
-        settings = load(config)
-        sink = logsetup.attach(entry, settings.log_file, settings.log_level, settings.log_format)
-        collector = Collector.build(settings, sink)
-    except (ConfigError, TrustError, OSError) as exc:
-        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+    opened = open_collector(config, entry, prog)
+    if opened is None:
         return EXIT_USAGE
+    collector, sink = opened
     with sink.context():
         log.info("Recheck of %s", collector.store.location("*"))
         try:
@@ -48,7 +46,7 @@ def run_recheck(config: str | None, as_json: bool, out: TextIO, prog: str, entry
                 collector.store,
                 collector.anchors.current(),
                 collector.revocation,
-                settings.allow_sha1,
+                collector.settings.allow_sha1,
                 datetime.now(UTC),
             )
         except StoreUnavailable as exc:
