@@ -5,7 +5,6 @@ loaded into the configured store under the same supersede rule; see
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from smime_collector.cli import transfer
 
@@ -14,8 +13,7 @@ EPILOG = transfer.EPILOG
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    transfer.add_arguments(parser)
-    parser.add_argument("directory", metavar="DIR", type=Path, help="the folder to read")
+    transfer.add_arguments(parser, "the folder to read")
 
 
 def run(args: argparse.Namespace) -> int:

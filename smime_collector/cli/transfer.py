@@ -29,9 +29,12 @@ EPILOG = (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, directory_help: str) -> None:
+    """The arguments of ``export`` and ``import``: the configuration, ``--json`` and the
+    certificate folder ``DIR`` (``directory_help`` says which way it goes)."""
     add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    parser.add_argument("directory", metavar="DIR", type=Path, help=directory_help)
 
 
 def command(
