@@ -25,7 +25,7 @@ from types import FrameType
 
 from bench import CACHE_DIR, RESULTS_FILE, BenchError, bigmsg, inprocess, pathrev
 from bench.corpus import Corpus, load_corpus
-from bench.http_load import LoadResult, batch_bodies, gunicorn, run_load, server_pids
+from bench.http_load import LoadResult, batch_bodies, gunicorn, run_load, server_pids, warm_up
 from bench.inprocess import PassResult, best, least_cpu
 from bench.procfs import children, process_memory
 from bench.profiling import profile_passes
@@ -109,14 +109,7 @@ class Bench:
                 gunicorn(ini, self.ws.folder / "http" / "gunicorn", workers=WORKERS)
             )
             messages = self.corpus.messages
-            warm = run_load(
-                server.url,
-                batch_bodies(messages, 1, len(messages)),
-                batch=1,
-                concurrency=8,
-                max_requests=len(messages),
-                max_seconds=120,
-            )
+            warm = warm_up(server.url, messages)
             if warm.errors:
                 raise BenchError(f"warm-up: {warm.errors} errors, first: {warm.first_error}")
             stored = list((self.ws.folder / "http" / "certs").glob("*.crt"))

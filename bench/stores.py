@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bench import BenchError
-from bench.http_load import LoadResult, batch_bodies, gunicorn, run_load, server_pids
+from bench.http_load import LoadResult, batch_bodies, gunicorn, run_load, server_pids, warm_up
 from bench.scaling import fill_store
 from bench.workspace import Workspace
 from smime_collector.store.postgres import PostgresStore
@@ -88,15 +88,7 @@ def throughput(
             ini = write_ini(ws, f"throughput-{backend}", backend, url)
             server = stack.enter_context(gunicorn(ini, ini.parent / "gunicorn", workers=workers))
             servers[backend] = server
-            warm = run_load(
-                server.url,
-                batch_bodies(messages, 1, len(messages)),
-                batch=1,
-                concurrency=8,
-                max_requests=len(messages),
-                max_seconds=120,
-                server_pids=server_pids(server),
-            )
+            warm = warm_up(server.url, messages, server_pids(server))
             if warm.errors:
                 raise BenchError(f"{backend} warm-up: {warm.errors} errors: {warm.first_error}")
             result.warm_up[backend] = warm
