@@ -189,28 +189,6 @@ async def _close(writer: asyncio.StreamWriter | None) -> None:
             await writer.wait_closed()
 
 
-async def _run(
-    url: str,
-    bodies: Sequence[bytes],
-    batch: int,
-    concurrency: int,
-    max_requests: int,
-    max_seconds: float,
-) -> LoadResult:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise BenchError(f"the load generator only targets loopback, not {host}")
-    requests = [_request(host, port, body) for body in bodies]
-    result = LoadResult(concurrency, batch)
-    start = time.perf_counter()
-    shared = _Shared(max_requests, start + max_seconds)
-    clients = [_client(host, port, requests, shared, result) for _ in range(concurrency)]
-    await asyncio.gather(*clients)
-    result.seconds = time.perf_counter() - start
-    return result
-
-
 def run_load(
     url: str,
     bodies: Sequence[bytes],
@@ -226,8 +204,23 @@ def run_load(
 
     ``server_pids`` are sampled for their CPU time before and after (``server_cpu``).
     """
+
+    async def load() -> LoadResult:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise BenchError(f"the load generator only targets loopback, not {host}")
+        requests = [_request(host, port, body) for body in bodies]
+        result = LoadResult(concurrency, batch)
+        start = time.perf_counter()
+        shared = _Shared(max_requests, start + max_seconds)
+        clients = [_client(host, port, requests, shared, result) for _ in range(concurrency)]
+        await asyncio.gather(*clients)
+        result.seconds = time.perf_counter() - start
+        return result
+
     before, client = _cpu(server_pids), time.process_time()
-    result = asyncio.run(_run(url, bodies, batch, concurrency, max_requests, max_seconds))
+    result = asyncio.run(load())
     result.client_cpu = time.process_time() - client
     result.server_cpu = _cpu(server_pids) - before
     return result
