@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.paths import REPO
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 SHIPPED = REPO / "contrib" / "nginx" / "smime-collector.conf"
 
@@ -38,13 +37,7 @@ class Nginx:
     folder: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)
 
 
 def server_block(upstream: str, port: int) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_process
 
 USER = "collector"
 PASSWORD = "collector-test-password"
@@ -208,14 +208,8 @@ class Postgres:
     def stop(self) -> None:
         """Fast shutdown by pid (SIGINT), then SIGKILL if it does not go."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, STOP_TIMEOUT, signal.SIGINT)
 
     def destroy(self) -> None:
         self.stop()

@@ -7,7 +7,6 @@ as subprocesses on 127.0.0.1 and stopped by pid. CRLs are made with ``cryptograp
 from __future__ import annotations
 
 import datetime as dt
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,10 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 
 from tests import pki
 from tests.paths import REPO
-from tests.servers import free_port  # noqa: F401 - the tests pick OCSP ports with it
+from tests.servers import (
+    free_port,  # noqa: F401 - the tests pick OCSP ports with it
+    stop_process,
+)
 
 
 def now() -> dt.datetime:
@@ -161,13 +163,7 @@ class CRLServer:
         return log.read_text().splitlines() if log.exists() else []
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
 
 @dataclass
@@ -225,13 +221,7 @@ class OCSPResponder:
         return f"http://127.0.0.1:{self.port}/"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
 
 def _index_line(status: str, cert: x509.Certificate, revoked_at: str) -> str:

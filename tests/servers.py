@@ -21,6 +21,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(
+    process: subprocess.Popen, timeout: float, sig: signal.Signals = signal.SIGTERM
+) -> None:
+    """Stop a program a test started, by its pid: ``sig``, then SIGKILL if it is still there
+    after ``timeout`` seconds. A program that has already ended is left as it is."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Gunicorn:
     process: subprocess.Popen
@@ -28,13 +43,7 @@ class Gunicorn:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)
 
 
 def gunicorn_env(ini: Path, port: int, workers: int, folder: Path) -> dict[str, str]:
