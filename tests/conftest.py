@@ -6,11 +6,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flask.testing import FlaskClient
 
 from smime_collector.config import Settings
+from smime_collector.web import create_app
 from tests.dnsserver import LoopbackDNS, load_zone_file
 from tests.httpsserver import HTTPSServer
-from tests.intakes import SNSSigner
+from tests.intakes import Recording, SNSSigner, recording
 from tests.paths import SPARKY, require_shared
 from tests.postgres import PASSWORD, Postgres
 
@@ -59,6 +61,12 @@ def database(postgres: Postgres, tmp_path: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(params=["folder", "postgresql"])
+def store_keys(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Configuration keys selecting each store backend (a fresh database for postgresql)."""
+    return {} if request.param == "folder" else request.getfixturevalue("database")
+
+
 SettingsFactory = Callable[..., Settings]
 
 
@@ -80,6 +88,26 @@ def make_settings(tmp_path: Path, dns: LoopbackDNS) -> SettingsFactory:
         return Settings.from_mapping(values, tmp_path, "test")
 
     return build
+
+
+RecordingClient = Callable[[Settings], tuple[FlaskClient, Recording, Path]]
+
+
+@pytest.fixture
+def recording_client() -> Iterator[RecordingClient]:
+    """``recording_client(settings)`` → (test client, recording collector, certificate folder)
+    of the app over the real pipeline, keeping what each door handed it; the collectors'
+    stores are closed after the test."""
+    built: list[Recording] = []
+
+    def build(settings: Settings) -> tuple[FlaskClient, Recording, Path]:
+        collector = recording(settings)
+        built.append(collector)
+        return create_app(settings, collector).test_client(), collector, settings.user_certs_dir
+
+    yield build
+    for collector in built:
+        collector.store.close()
 
 
 def write_ini(path: Path, values: dict[str, str]) -> Path:

@@ -22,7 +22,6 @@ from tests.intakes import (
     mailgun_fields,
     multipart,
     postmark_json,
-    recording,
     sendgrid_fields,
     store_fingerprint,
     stored_fingerprint,
@@ -56,27 +55,14 @@ def cases(factory) -> dict[str, Case]:
 
 
 @pytest.fixture
-def door(make_settings):
-    """``door(case, **settings)`` → (test client, recording collector, certificate folder);
-    the collectors' stores are closed after the test."""
-    built = []
+def door(make_settings, recording_client):
+    """``door(case, **settings)`` → (test client, recording collector, certificate folder)
+    with every door configured."""
 
     def build(case: Case | None = None, **extra: str):
-        settings = make_settings(**(case.settings if case else {}), **DOORS, **extra)
-        collector = recording(settings)
-        built.append(collector)
-        client = create_app(settings, collector).test_client()
-        return client, collector, settings.user_certs_dir
+        return recording_client(make_settings(**(case.settings if case else {}), **DOORS, **extra))
 
-    yield build
-    for collector in built:
-        collector.store.close()
-
-
-@pytest.fixture(params=["folder", "postgresql"])
-def store_keys(request) -> dict[str, str]:
-    """Configuration keys selecting each store backend (a fresh database for postgresql)."""
-    return {} if request.param == "folder" else request.getfixturevalue("database")
+    return build
 
 
 def send_mailgun_multipart(client, raw: bytes, **kw):

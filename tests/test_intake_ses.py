@@ -17,7 +17,6 @@ from tests.intakes import (
     alice,
     bob,
     eight_bit,
-    recording,
     ses_notification,
     store_fingerprint,
     stored_fingerprint,
@@ -25,7 +24,6 @@ from tests.intakes import (
 )
 from tests.mailfactory import MailFactory
 from tests.paths import SPARKY
-from webapp import create_app
 
 SNS_CONTENT_TYPE = "text/plain; charset=UTF-8"  # what SNS sends
 
@@ -51,10 +49,9 @@ def cases(factory):
 
 
 @pytest.fixture
-def ses(make_settings, https):
-    """``ses(case, **settings)`` → (client, recording collector, certificate folder); the
-    collectors' stores are closed after the test."""
-    built = []
+def ses(make_settings, https, recording_client):
+    """``ses(case, **settings)`` → (client, recording collector, certificate folder) with the
+    SES door configured to trust the loopback HTTPS server's certificates."""
 
     def build(case=None, **extra: str):
         values = {
@@ -64,20 +61,9 @@ def ses(make_settings, https):
             **(case.settings if case else {}),
             **extra,
         }
-        settings = make_settings(**values)
-        collector = recording(settings)
-        built.append(collector)
-        return create_app(settings, collector).test_client(), collector, settings.user_certs_dir
+        return recording_client(make_settings(**values))
 
-    yield build
-    for collector in built:
-        collector.store.close()
-
-
-@pytest.fixture(params=["folder", "postgresql"])
-def store_keys(request) -> dict[str, str]:
-    """Configuration keys selecting each store backend (a fresh database for postgresql)."""
-    return {} if request.param == "folder" else request.getfixturevalue("database")
+    return build
 
 
 def post(client, message: dict):
@@ -153,7 +139,7 @@ def test_the_default_pattern_allows_only_sns_hosts(make_settings) -> None:
 
 
 def test_without_the_ca_bundle_the_certificate_cannot_be_fetched_so_503(
-    ses, signer, cases, make_settings, https
+    ses, signer, cases, make_settings, https, recording_client
 ) -> None:
     """The loopback server's CA is not among the system's roots: TLS fails, SNS retries."""
     settings = make_settings(
@@ -161,8 +147,7 @@ def test_without_the_ca_bundle_the_certificate_cannot_be_fetched_so_503(
         ses_topic_arns=TOPIC,
         ses_signing_cert_url_pattern=rf"^https://127\.0\.0\.1:{https.port}/.+\.pem$",
     )
-    collector = recording(settings)
-    client = create_app(settings, collector).test_client()
+    client, collector, _ = recording_client(settings)
     assert post(client, signer.sign(ses_notification(cases["alice"].raw))).status_code == 503
     assert collector.deliveries == []
 
