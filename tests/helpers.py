@@ -12,10 +12,26 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from hypothesis import HealthCheck, settings
 
 from tests.paths import REPO
 
 TOKEN_HEADER = "X-MessageSystems-Webhook-Token"
+
+#: Hypothesis settings of the suites that generate whole messages for one collector per test:
+#: reproducible (derandomized, no example database), and without the health checks those
+#: suites trip on purpose: the collector is function-scoped, so that its store fills up as
+#: examples run (stored, then unchanged) as a real service's does, and examples are message-sized.
+GENERATED_MAIL = settings(
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 
 
 def relay_event(

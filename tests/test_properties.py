@@ -38,7 +38,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
@@ -53,7 +53,14 @@ from smime_collector.verdict import Outcome, Verdict
 from tests import pki
 from tests.corpus import sparky_rows
 from tests.dnsserver import LoopbackDNS
-from tests.helpers import OUTCOME_LINE, TOKEN_HEADER, post_batch, relay_event, sha256_of_pem
+from tests.helpers import (
+    GENERATED_MAIL,
+    OUTCOME_LINE,
+    TOKEN_HEADER,
+    post_batch,
+    relay_event,
+    sha256_of_pem,
+)
 from webapp import create_app
 
 CRLF = b"\r\n"
@@ -72,20 +79,7 @@ RECORD = re.compile(
 VERDICT_LINE = OUTCOME_LINE
 TRACEBACK = "Traceback (most recent call last)"
 
-PROPERTY = settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    # One collector per test on purpose: its store fills up as examples run (stored, then
-    # unchanged), as a real service's does.
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
-)
+PROPERTY = settings(GENERATED_MAIL, max_examples=200, deadline=None)
 
 
 # -- the generated sender ----------------------------------------------------------------------

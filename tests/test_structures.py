@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from asn1crypto import core
 from cryptography.hazmat.primitives import hashes
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smime_collector import message as mime
@@ -35,25 +35,14 @@ from smime_collector.pipeline import Collector
 from smime_collector.verdict import Outcome, Verdict
 from tests import hostile, pki
 from tests.dnsserver import LoopbackDNS
-from tests.helpers import sha256_of_pem
+from tests.helpers import GENERATED_MAIL, sha256_of_pem
 
 DOMAIN = "structures.example"
 SELECTOR = "structures"
 ALICE = f"alice@{DOMAIN}"
 CRLF = b"\r\n"
 
-BOUNDED = settings(
-    max_examples=150,
-    deadline=dt.timedelta(milliseconds=500),
-    derandomize=True,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
-)
+BOUNDED = settings(GENERATED_MAIL, max_examples=150, deadline=dt.timedelta(milliseconds=500))
 
 
 @dataclass
