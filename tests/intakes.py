@@ -228,7 +228,7 @@ def server_identity(issuer: pki.Identity, cn: str = "127.0.0.1") -> pki.Identity
     """A TLS server certificate for 127.0.0.1 and localhost, issued by ``issuer``."""
     now = pki._now()
     names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-    return pki._issue(
+    return pki.issue(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
         pki.new_key(),
         issuer,
@@ -252,7 +252,7 @@ class SNSSigner:
 
     def __post_init__(self) -> None:
         now = pki._now()
-        self.identity = pki._issue(
+        self.identity = pki.issue(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")]),
             pki.new_key(),
             self.issuer,

@@ -156,7 +156,7 @@ def new_key(
     raise ValueError(f"unknown key_type {key_type!r}")
 
 
-def _issue(
+def issue(
     subject: x509.Name,
     key: PrivateKey,
     issuer: Identity | None,
@@ -201,7 +201,7 @@ def _make_ca(cn: str, key_type: KeyType, parent: Identity | None) -> Identity:
         ]
     )
     now = _now()
-    return _issue(
+    return issue(
         subject,
         new_key(key_type),
         parent,
@@ -273,7 +273,7 @@ def make_leaf(
         # RFC 5280: the SAN must be critical when the subject is empty.
         extensions.append((x509.SubjectAlternativeName([x509.RFC822Name(email)]), not attrs))
     now = _now()
-    return _issue(
+    return issue(
         x509.Name(attrs),
         key,
         issuer,

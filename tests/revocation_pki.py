@@ -49,43 +49,34 @@ def issue(
         ]
     )
     start = not_before or now() - dt.timedelta(days=30)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.cert.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=3650 if ca else 365))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-    )
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=ca, path_length=None), True)
+    ]
     if ca:
         usage = pki.usage_extension(key_cert_sign=True, crl_sign=True)
     else:
         usage = pki.usage_extension(digital_signature=True, key_encipherment=True)
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage(eku or [ExtendedKeyUsageOID.EMAIL_PROTECTION]), False
+        extensions.append(
+            (x509.ExtendedKeyUsage(eku or [ExtendedKeyUsageOID.EMAIL_PROTECTION]), False)
         )
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.RFC822Name(email or cn)]), False
-        )
-    builder = builder.add_extension(usage, critical=True)
-    if issuer:
-        ski = issuer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-        builder = builder.add_extension(aki, False)
+        extensions.append((x509.SubjectAlternativeName([x509.RFC822Name(email or cn)]), False))
+    extensions.append((usage, True))
     if crl_url:
         point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)
-        builder = builder.add_extension(x509.CRLDistributionPoints([point]), False)
+        extensions.append((x509.CRLDistributionPoints([point]), False))
     if ocsp_url:
         access = x509.AccessDescription(
             AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
         )
-        builder = builder.add_extension(x509.AuthorityInformationAccess([access]), False)
-    cert = builder.sign(issuer.key if issuer else key, hashes.SHA256())
-    chain = [] if issuer is None else ([] if issuer.is_root else [issuer.cert]) + issuer.chain
-    return pki.Identity(cert=cert, key=key, chain=chain)
+        extensions.append((x509.AuthorityInformationAccess([access]), False))
+    return pki.issue(
+        subject,
+        key,
+        issuer,
+        extensions,
+        not_before=start,
+        not_after=start + dt.timedelta(days=3650 if ca else 365),
+    )
 
 
 def crl(

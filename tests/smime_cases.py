@@ -92,27 +92,20 @@ def make_ca(
         ]
     )
     usage = pki.usage_extension(key_cert_sign=True, crl_sign=True)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(parent.cert.subject if parent else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(days_from_now(valid[0]))
-        .not_valid_after(days_from_now(valid[1]))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if parent:
-        ski = parent.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-        builder = builder.add_extension(aki, critical=False)
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
+        (x509.BasicConstraints(ca=ca, path_length=None), True),
+        (usage, True),
+    ]
     if eku:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
-    cert = builder.sign(parent.key if parent else key, hashes.SHA256())
-    chain = [] if parent is None else ([] if parent.is_root else [parent.cert]) + parent.chain
-    return pki.Identity(cert=cert, key=key, chain=chain)
+        extensions.append((x509.ExtendedKeyUsage(list(eku)), False))
+    return pki.issue(
+        subject,
+        key,
+        parent,
+        extensions,
+        not_before=days_from_now(valid[0]),
+        not_after=days_from_now(valid[1]),
+    )
 
 
 def make_leaf(
