@@ -12,7 +12,8 @@ from smime_collector.config import Settings
 from smime_collector.web import create_app
 from tests.dnsserver import LoopbackDNS, load_zone_file
 from tests.httpsserver import HTTPSServer
-from tests.intakes import Recording, SNSSigner, recording
+from tests.intakes import Case, Recording, SNSSigner, alice, bob, eight_bit, recording
+from tests.mailfactory import MailFactory
 from tests.paths import SPARKY, require_shared
 from tests.postgres import PASSWORD, Postgres
 
@@ -35,6 +36,14 @@ def dns(dns_server: LoopbackDNS) -> Iterator[LoopbackDNS]:
     dns_server.mode = "normal"
     yield dns_server
     dns_server.mode = "normal"
+
+
+@pytest.fixture(scope="module")
+def cases(dns_server: LoopbackDNS, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
+    """The messages the doors' tests send, by name: the seed's Bob, Thunderbird's Alice, and an
+    8-bit message signed by a PKI and DKIM key made once per module."""
+    factory = MailFactory.create(dns_server, tmp_path_factory.mktemp("door-pki"))
+    return {"bob": bob(), "alice": alice(), "8bit": eight_bit(factory)}
 
 
 @pytest.fixture(scope="session")

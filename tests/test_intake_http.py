@@ -15,10 +15,7 @@ from prometheus_client import REGISTRY
 
 from tests.intakes import (
     Case,
-    alice,
     basic,
-    bob,
-    eight_bit,
     mailgun_fields,
     multipart,
     postmark_json,
@@ -27,7 +24,6 @@ from tests.intakes import (
     stored_fingerprint,
     urlencoded,
 )
-from tests.mailfactory import MailFactory
 from tests.paths import SPARKY
 from tests.postgres import PASSWORD
 from webapp import create_app
@@ -42,16 +38,6 @@ DOORS = {
     "sendgrid-basic-auth": SENDGRID,
     "raw-token": RAW,
 }
-
-
-@pytest.fixture(scope="module")
-def factory(dns_server, tmp_path_factory) -> MailFactory:
-    return MailFactory.create(dns_server, tmp_path_factory.mktemp("intake-pki"))
-
-
-@pytest.fixture(scope="module")
-def cases(factory) -> dict[str, Case]:
-    return {"bob": bob(), "alice": alice(), "8bit": eight_bit(factory)}
 
 
 @pytest.fixture

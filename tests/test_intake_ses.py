@@ -14,15 +14,11 @@ from tests import pki
 from tests.intakes import (
     TOPIC,
     SNSSigner,
-    alice,
-    bob,
-    eight_bit,
     ses_notification,
     store_fingerprint,
     stored_fingerprint,
     subscription_confirmation,
 )
-from tests.mailfactory import MailFactory
 from tests.paths import SPARKY
 
 SNS_CONTENT_TYPE = "text/plain; charset=UTF-8"  # what SNS sends
@@ -36,16 +32,6 @@ def https(https_server):
 @pytest.fixture
 def signer(sns_signer):
     return sns_signer
-
-
-@pytest.fixture(scope="module")
-def factory(dns_server, tmp_path_factory) -> MailFactory:
-    return MailFactory.create(dns_server, tmp_path_factory.mktemp("ses-pki"))
-
-
-@pytest.fixture(scope="module")
-def cases(factory):
-    return {"bob": bob(), "alice": alice(), "8bit": eight_bit(factory)}
 
 
 @pytest.fixture

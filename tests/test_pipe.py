@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_ini
-from tests.intakes import Case, alice, bob, eight_bit, stored_fingerprint
-from tests.mailfactory import MailFactory
+from tests.intakes import Case, stored_fingerprint
 from tests.paths import REPO, SPARKY
 
 pytestmark = pytest.mark.slow
@@ -22,16 +21,6 @@ POSTFIX_ENV = {"LANG": "C", "TZ": "UTC"}  # pipe(8) exports little more than thi
 def lf(raw: bytes) -> bytes:
     """Postfix stores lines without CR and pipes them so."""
     return raw.replace(b"\r\n", b"\n")
-
-
-@pytest.fixture(scope="module")
-def factory(dns_server, tmp_path_factory) -> MailFactory:
-    return MailFactory.create(dns_server, tmp_path_factory.mktemp("pipe-pki"))
-
-
-@pytest.fixture(scope="module")
-def cases(factory) -> dict[str, Case]:
-    return {"bob": bob(), "alice": alice(), "8bit": eight_bit(factory)}
 
 
 @pytest.fixture

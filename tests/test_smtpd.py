@@ -26,30 +26,16 @@ from tests import pki
 from tests.conftest import write_ini
 from tests.intakes import (
     Case,
-    alice,
-    bob,
     crlf,
-    eight_bit,
     recording,
     server_identity,
     stored_fingerprint,
 )
-from tests.mailfactory import MailFactory
 from tests.paths import REPO, SPARKY
 from tests.servers import free_port
 
 SENDER = "sender@example.org"
 RCPT = "secureme@inbound.example.net"
-
-
-@pytest.fixture(scope="module")
-def factory(dns_server, tmp_path_factory) -> MailFactory:
-    return MailFactory.create(dns_server, tmp_path_factory.mktemp("smtp-pki"))
-
-
-@pytest.fixture(scope="module")
-def cases(factory) -> dict[str, Case]:
-    return {"bob": bob(), "alice": alice(), "8bit": eight_bit(factory)}
 
 
 @dataclass
