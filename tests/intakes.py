@@ -208,6 +208,9 @@ def sendgrid_fields(raw: bytes | None) -> dict[str, bytes]:
 # -- Amazon SES through SNS -------------------------------------------------------------------
 
 
+# The fields SNS signs, in its documented order, written out here and not imported from
+# smime_collector.intake.sns: this signer stands in for AWS, so a mistake in the door's own
+# table fails the tests instead of being shared by them.
 SNS_SIGNED = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
     "SubscriptionConfirmation": (
