@@ -146,6 +146,13 @@ STATS_SQL = (
     "FROM addresses a WHERE " + NOT_REVOKED
 )
 VERDICT_COLUMNS = "at, outcome, reason, email, detail, intake, message_id, request_id, sender"
+RECORD_SQL = (
+    f"INSERT INTO verdicts ({VERDICT_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s "
+    "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS unsynced"
+)
+PRUNE_SQL = (
+    "DELETE FROM verdicts WHERE at < date_trunc('day', %s::timestamptz) - make_interval(days => %s)"
+)
 VERDICTS_SQL = (
     f"SELECT {VERDICT_COLUMNS} FROM verdicts "
     "WHERE (%(text)s = '' OR strpos(lower(coalesce(email, '')), %(text)s) > 0 "
@@ -272,7 +279,6 @@ class PostgresStore:
                     open=False,
                     timeout=POOL_WAIT,
                     check=_check_if_idle,
-                    reset=_note_return,
                     name="smime-collector",
                 )
                 pool.open(wait=False)
@@ -286,10 +292,15 @@ class PostgresStore:
             raise StoreUnavailable(f"{self.description}: {self._last_error} (retry shortly)")
         try:
             with self._pool().connection(timeout=wait) as conn:
-                if self._schema_pid != os.getpid():  # the database was down at start-up
-                    schema.migrate(conn)
-                    self._schema_pid = os.getpid()
-                yield conn
+                try:
+                    if self._schema_pid != os.getpid():  # the database was down at start-up
+                        schema.migrate(conn)
+                        self._schema_pid = os.getpid()
+                    yield conn
+                finally:
+                    # For _check_if_idle. Not the pool's reset hook: a pool with one hands every
+                    # returned connection to its worker thread, a thread switch per checkout.
+                    conn._smime_returned = time.monotonic()  # type: ignore[attr-defined]
         except psycopg.Error as exc:
             self._last_error = self._why(exc)
             if isinstance(exc, psycopg.OperationalError):
@@ -515,11 +526,12 @@ class PostgresStore:
     # -- the verdict journal --------------------------------------------------------------
 
     def record(self, entry: JournalEntry) -> None:
-        """One INSERT, sent with ``synchronous_commit = off`` in the same round trip: like the
-        folder's journal, a crash may lose its last moments, and no message waits for the
-        disk to keep a record for people. Records older than ``verdict-retention-days`` are
-        pruned now and then."""
-        values = [
+        """One prepared INSERT that turns ``synchronous_commit`` off for its own transaction:
+        like the folder's journal, a crash may lose its last moments, and no message waits for
+        the disk to keep a record for people. The record is in the table before the message is
+        answered, so any host (or ``psql``) sees it at once. Records older than
+        ``verdict-retention-days`` are pruned now and then."""
+        values = (
             entry.at,
             entry.outcome,
             entry.reason,
@@ -529,19 +541,12 @@ class PostgresStore:
             entry.message_id,
             entry.request_id,
             entry.sender,
-        ]
-        statement = sql.SQL(
-            "SET LOCAL synchronous_commit = off; INSERT INTO verdicts ({}) VALUES ({});"
-        ).format(sql.SQL(VERDICT_COLUMNS), sql.SQL(", ").join(map(sql.Literal, values)))
-        if time.monotonic() >= self._prune_at:
-            self._prune_at = time.monotonic() + PRUNE_EVERY_SECONDS
-            # Whole days before the record's day, as the folder's journal drops its day files.
-            statement += sql.SQL(
-                "DELETE FROM verdicts WHERE at < date_trunc('day', {}::timestamptz) "
-                "- make_interval(days => {});"
-            ).format(sql.Literal(entry.at), sql.Literal(self.retention_days))
+        )
         with self._connection() as conn:
-            conn.execute(statement)  # no parameters: one simple query, one transaction
+            conn.execute(RECORD_SQL, values)
+            if time.monotonic() >= self._prune_at:
+                self._prune_at = time.monotonic() + PRUNE_EVERY_SECONDS
+                conn.execute(PRUNE_SQL, (entry.at, self.retention_days))
 
     def verdicts(
         self, text: str = "", outcome: str = "", offset: int = 0, limit: int = 50
@@ -677,11 +682,6 @@ class PostgresStore:
         if recovery or read_only == "on":
             return Check.retry(Reason.STORE_ERROR, f"{self.description} is read-only (a standby?)")
         return Check.passed(f"{self.description} is writable (schema version {version})")
-
-
-def _note_return(conn: psycopg.Connection[TupleRow]) -> None:
-    """The pool's ``reset`` hook: remember when the connection was last given back."""
-    conn._smime_returned = time.monotonic()  # type: ignore[attr-defined]
 
 
 def _check_if_idle(conn: psycopg.Connection[TupleRow]) -> None:
