@@ -179,6 +179,7 @@ def _measure_listing(
     after_write, count_after, _ = _get(listing_url)
     if count_after != size + 1:
         raise BenchError(f"listing after a write holds {count_after}, not {size + 1}")
+    time.sleep(1.1)  # the folder trusts its index again once the write is out of that window
     expiring = min(_get(listing_url + "?expiring-within=30d")[0] for _ in range(repeats))
     return Listing(size, first, warm, after_write, expiring, count, payload)
 
