@@ -63,9 +63,7 @@ def _check_log_writable(path: Path | None) -> tuple[str, bool, str]:
     if path is None:
         return "log-file", True, "logging to standard error"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
-            pass
+        logsetup.touch_log_file(path)
     except OSError as exc:
         return "log-file", False, f"{path} is not writable: {exc.strerror or exc}"
     return "log-file", True, f"{path} is writable"

@@ -109,13 +109,6 @@ def paths(name: str, raw: str, ctx: Context) -> tuple[Path, ...]:
     return tuple(_resolve(item, ctx) for item in _items(raw))
 
 
-def nonempty_paths(name: str, raw: str, ctx: Context) -> tuple[Path, ...]:
-    found = paths(name, raw, ctx)
-    if not found:
-        raise ConfigError(f"{ctx.source}: {name} must name at least one file")
-    return found
-
-
 def bundles(name: str, raw: str, ctx: Context) -> tuple[Path, ...]:
     """Trust bundles: files, where the word ``shipped`` stands for the bundle inside the
     package, so an installed service and a checkout name it the same way."""
@@ -375,13 +368,6 @@ class Settings:
         for attr, spec in _fields().items():
             raw = _value(spec, given, ctx)
             kwargs[attr] = spec.read(spec.name, raw, ctx)
-        if (kwargs["smtp_tls_cert"] is None) != (kwargs["smtp_tls_key"] is None):
-            given, missing = (
-                ("smtp-tls-cert", "smtp-tls-key")
-                if kwargs["smtp_tls_cert"]
-                else ("smtp-tls-key", "smtp-tls-cert")
-            )
-            raise ConfigError(f"{source}: {given} is set but {missing} is not: STARTTLS needs both")
         settings = cls(**kwargs)
         _check_together(settings, ctx)
         return settings
@@ -437,6 +423,15 @@ class Settings:
 
 def _check_together(settings: Settings, ctx: Context) -> None:
     """Rules that involve more than one key."""
+    if (settings.smtp_tls_cert is None) != (settings.smtp_tls_key is None):
+        present, missing = (
+            ("smtp-tls-cert", "smtp-tls-key")
+            if settings.smtp_tls_cert
+            else ("smtp-tls-key", "smtp-tls-cert")
+        )
+        raise ConfigError(
+            f"{ctx.source}: {present} is set but {missing} is not: STARTTLS needs both"
+        )
     if settings.store == "postgresql" and not settings.database_url:
         raise ConfigError(f"{ctx.source}: store = postgresql needs database-url")
 
@@ -485,14 +480,7 @@ def _value(spec: Key, given: Mapping[str, str], ctx: Context) -> str:
     if spec.secret and given.get(file_key, "").strip():
         if given.get(spec.name, "").strip():
             raise ConfigError(f"{ctx.source}: set {spec.name} or {file_key}, not both")
-        secret_file = _resolve(given[file_key].strip(), ctx)
-        try:
-            return secret_file.read_text("utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            raise ConfigError(
-                f"{ctx.source}: {file_key}: cannot read {secret_file}: {reason}"
-            ) from None
+        return file_contents(file_key, given[file_key], ctx)
     return given.get(spec.name, spec.default)
 
 

@@ -64,7 +64,6 @@ MAX_CACHED_RECORD_BYTES = 2048
 #: Longest From: value (as DKIM splits it) whose address is kept once read.
 MAX_CACHED_FROM_BYTES = 512
 
-_HASHES = {b"rsa-sha256": hashes.SHA256, b"rsa-sha1": hashes.SHA1, b"ed25519-sha256": None}
 _HEADER_NAME = re.compile(rb"([\x21-\x7e]+?):")
 _WHITESPACE = re.compile(rb"\s+")
 _H_SEPARATOR = re.compile(rb"\s*:\s*")
@@ -316,7 +315,8 @@ def _check_one(
     digest = _header_hash(signed, index, tags, include, policy, hasher)
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, digest, padding.PKCS1v15(), Prehashed(_HASHES[algorithm]()))
+            # rsa-sha256: rsa-sha1 was refused above, and a= must fit the key's type.
+            key.verify(signature, digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
         else:
             key.verify(signature, digest)  # RFC 8463: Ed25519 signs the SHA-256 hash
     except InvalidSignature:

@@ -40,7 +40,7 @@ class LookupStats:
 
 
 class KeyResolver:
-    """``txt(name)`` for dkimpy's ``dnsfunc``; one instance per process."""
+    """``txt(name)``: the DKIM key records the DKIM check reads; one instance per process."""
 
     def __init__(self, nameservers: list[tuple[str, int]], timeout: float) -> None:
         if nameservers:
@@ -56,20 +56,15 @@ class KeyResolver:
         self._lock = threading.Lock()
         self.stats = LookupStats()
 
-    def txt(
-        self,
-        name: bytes | str,
-        timeout: float | None = None,
-        deadline: Deadline | None = None,
-    ) -> bytes | None:
-        """The TXT value at ``name`` (None when there is none), waiting at most ``timeout``
-        (default ``dns-timeout``) and never past ``deadline``, which raises
+    def txt(self, name: bytes | str, deadline: Deadline | None = None) -> bytes | None:
+        """The TXT value at ``name`` (None when there is none), waiting at most
+        ``dns-timeout`` and never past ``deadline``, which raises
         :class:`~smime_collector.deadline.DeadlineExceeded` once it is spent."""
         key = (name.decode("ascii", "replace") if isinstance(name, bytes) else name).lower()
         cached = self._cached(key)
         if cached is not _MISS:
             return cached
-        wait = (deadline or Deadline.never()).timeout(timeout or self._resolver.lifetime)
+        wait = (deadline or Deadline.never()).timeout(self._resolver.lifetime)
         value, ttl = self._query(key, wait)
         if value is None:
             ttl = NEGATIVE_TTL

@@ -204,14 +204,19 @@ class LogSink:
         self._finalizer()
 
 
+def touch_log_file(log_file: Path) -> None:
+    """Create ``log_file`` (and its folder) if needed and check it can be appended to;
+    :class:`OSError` says why not."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a", encoding="utf-8"):
+        pass
+
+
 def open_log_file(log_file: Path) -> Path:
-    """Create ``log_file`` (and its folder) if needed and check it can be appended to, so that
-    a log that cannot be written stops start-up with one line naming ``log-file`` instead of
-    a traceback in every gunicorn worker."""
+    """:func:`touch_log_file`, so that a log that cannot be written stops start-up with one
+    line naming ``log-file`` instead of a traceback in every gunicorn worker."""
     try:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        with log_file.open("a", encoding="utf-8"):
-            pass
+        touch_log_file(log_file)
     except OSError as exc:
         raise ConfigError(f"log-file: cannot write {log_file}: {exc.strerror or exc}") from None
     return log_file

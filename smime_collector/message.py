@@ -93,10 +93,8 @@ class Entity:
             cut = buf.find(_HEADER_END, start, window)
             if cut >= 0:
                 head_end, body_start = cut + 2, cut + 4
-            elif window < end:
-                head_end = body_start = end  # too long: refused below
-            else:
-                head_end = body_start = end  # no body: the whole entity is its header
+            else:  # too long (refused below), or no body: the whole entity is its header
+                head_end = body_start = end
         if head_end - start > MAX_HEADER_BLOCK_BYTES:
             raise MalformedMessage(
                 f"header block longer than the bound of {MAX_HEADER_BLOCK_BYTES} bytes"

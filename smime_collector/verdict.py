@@ -106,7 +106,7 @@ class Reason(StrEnum):
     )
 
 
-#: Reason code → sentence, for callers that want the table as a mapping.
+#: Reason code → sentence: the table as a mapping (the operator page explains with it).
 REASONS: dict[str, str] = {reason.value: reason.explanation for reason in Reason}
 
 

@@ -3,26 +3,21 @@
 Each subcommand is a module of this package with ``HELP`` (one line), ``add_arguments(parser)``
 and ``run(args) -> exit code``, and is a thin wrapper over a library function: the seed's
 ``readSMIMEsig.py`` and ``python -m`` entry points call the same functions. :data:`COMMANDS`
-lists them in the order ``--help`` shows them; a command whose module is not in this package
-is left out, so commands still being built elsewhere appear the day their module lands, with no
-other change here. Every command and the top level answer ``--version``.
+lists them in the order ``--help`` shows them. Every command and the top level answer ``--version``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from types import ModuleType
 
-from smime_collector import __version__
+from smime_collector.cli.common import add_version_argument
 
 PROG = "smime-collector"
 
-#: Subcommand name → module. ``recheck``, ``export``, ``import`` and ``smtpd`` are registered
-#: when their modules exist (re-judging stored certificates, moving between stores, and the
-#: SMTP/LMTP intake are being built as library code of their own).
+#: Subcommand name → module.
 COMMANDS: dict[str, str] = {
     "serve": "smime_collector.cli.serve",
     "judge": "smime_collector.cli.judge",
@@ -35,12 +30,8 @@ COMMANDS: dict[str, str] = {
 
 
 def available() -> dict[str, ModuleType]:
-    """The subcommands whose modules are present, imported."""
-    found = {}
-    for name, module in COMMANDS.items():
-        if importlib.util.find_spec(module) is not None:
-            found[name] = importlib.import_module(module)
-    return found
+    """Every subcommand's module, imported."""
+    return {name: importlib.import_module(module) for name, module in COMMANDS.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Collect people's S/MIME certificates from one signed email.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_version_argument(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in available().items():
         sub = commands.add_parser(
@@ -57,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=getattr(module, "DESCRIPTION", module.HELP),
             epilog=getattr(module, "EPILOG", None),
         )
-        sub.add_argument("--version", action="version", version=f"{PROG} {name} {__version__}")
+        add_version_argument(sub)  # %(prog)s is "smime-collector <name>" here
         module.add_arguments(sub)
         sub.set_defaults(run=module.run, prog=f"{PROG} {name}")
     return parser

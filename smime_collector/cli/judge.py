@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -30,7 +30,6 @@ from smime_collector.cli.common import (
     open_collector,
 )
 from smime_collector.cli.recheck import run_recheck
-from smime_collector.delivery import Delivery
 from smime_collector.harvest import Source, collect
 from smime_collector.intake import pipe
 from smime_collector.pipeline import Collector
@@ -51,7 +50,7 @@ def read_smime_email(
     raw: bytes, collector: Collector, received_at: datetime | None = None
 ) -> Verdict:
     """The pipeline entry: judge one raw message and store the certificate when it passes."""
-    return collector.judge(Delivery(raw, INTAKE, received_at or datetime.now(UTC)))
+    return collector.read_smime_email(raw, received_at, INTAKE)
 
 
 def exit_code(verdicts: list[Verdict]) -> int:
@@ -185,7 +184,7 @@ def judge(collector: Collector, source: Source) -> Verdict:
         except (OSError, KeyError) as exc:
             detail = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
             return Verdict(Outcome.REJECTED, Reason.MALFORMED, None, None, detail)
-        return read_smime_email(raw, collector, datetime.now(UTC))
+        return read_smime_email(raw, collector)
 
 
 def report(name: str, verdict: Verdict, as_json: bool) -> None:

@@ -39,7 +39,7 @@ from smime_collector.ui.session import (
     token_ok,
     ui_state,
 )
-from smime_collector.verdict import Outcome, Reason
+from smime_collector.verdict import REASONS, Outcome
 
 blueprint = Blueprint(
     "ui", __name__, template_folder="templates", static_folder="static", static_url_path="/static"
@@ -165,7 +165,7 @@ def dashboard() -> str:
         windows=[label for label, _ in WINDOWS],
         rows=rows,
         totals=totals,
-        explanations={r.value: r.explanation for r in Reason},
+        explanations=REASONS,
     )
 
 
