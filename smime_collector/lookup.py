@@ -8,6 +8,7 @@ from datetime import timedelta
 from cryptography import x509
 
 from smime_collector.store import CertStore
+from smime_collector.store.base import normal_address
 from smime_collector.store.folder import pem_of
 from smime_collector.trust import CORRUPT_CERTIFICATE
 
@@ -26,6 +27,7 @@ def parse_duration(text: str) -> timedelta | None:
 def stored_pem(store: CertStore, address: str) -> bytes | None:
     """The stored certificate for ``address`` as PEM of exactly the bytes that arrived, or
     ``None``; never a certificate known to be revoked."""
+    address = normal_address(address)
     der = store.get_der(address)
     if der is None:
         return None

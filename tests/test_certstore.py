@@ -32,6 +32,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from smime_collector.lookup import stored_pem
 from smime_collector.pipeline import Collector
 from smime_collector.store import (
     CertStore,
@@ -999,6 +1000,21 @@ def test_a_certificate_found_revoked_is_refused_and_never_listed(any_store, make
     assert [(e.sha256, e.event) for e in any_store.history(ADDRESS)] == [
         (fingerprint(revoked), Why.REVOKED)
     ]
+
+
+def test_a_lookup_never_serves_a_revoked_certificate_under_another_spelling(
+    any_store, make_cert
+) -> None:
+    cert = make_cert()
+    assert any_store.save(ADDRESS, cert).changed
+    spellings = (ADDRESS, f" {ADDRESS}", f"{ADDRESS.upper()}\t")
+    assert {stored_pem(any_store, typed) for typed in spellings} == {
+        cert.public_bytes(serialization.Encoding.PEM)
+    }
+    any_store.mark_revoked(ADDRESS, cert, "CRL says so")
+    for typed in spellings:
+        assert any_store.is_revoked(typed, cert), repr(typed)
+        assert stored_pem(any_store, typed) is None, repr(typed)
 
 
 def test_retiring_a_revoked_certificate(any_store, make_cert) -> None:

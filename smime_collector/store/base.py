@@ -157,6 +157,13 @@ class Record:
 MAX_ADDRESS_LENGTH = 254
 
 
+def normal_address(address: str) -> str:
+    """The form every store keys an address by (surrounding whitespace dropped, lower case):
+    a lookup's address is typed by someone, and each read of one lookup must name the same
+    record."""
+    return address.strip().lower()
+
+
 def address_problem(address: str) -> str | None:
     """Why no backend should hold ``address`` (``unsafe-address``), or ``None``. A backend adds
     its own limits (the folder: file names) on top of these."""

@@ -62,6 +62,7 @@ from smime_collector.store.base import (
     Why,
     address_problem,
     matches,
+    normal_address,
     parse_stamp,
     supersede,
 )
@@ -166,7 +167,7 @@ class FolderStore:
         return self.folder / f"{address.lower()}.crt"
 
     def get(self, address: str) -> x509.Certificate | None:
-        address = address.strip().lower()
+        address = normal_address(address)
         if not address or unsafe_address(address):
             return None
         try:
@@ -188,7 +189,7 @@ class FolderStore:
 
     def get_der(self, address: str) -> bytes | None:
         """The stored certificate's exact bytes (what arrived), never following a symlink."""
-        address = address.strip().lower()
+        address = normal_address(address)
         if not address or unsafe_address(address):
             return None
         try:
@@ -209,8 +210,11 @@ class FolderStore:
 
     def chain(self, address: str) -> list[bytes]:
         """The issuers kept with ``address``'s certificate (exact bytes), for re-validation."""
+        address = normal_address(address)
+        if not address or unsafe_address(address):
+            return []
         try:
-            data = (self.folder / CHAINS / f"{address.lower()}.pem").read_bytes()
+            data = (self.folder / CHAINS / f"{address}.pem").read_bytes()
             return [
                 der
                 for kind, _, der in asn1_pem.unarmor(data, multiple=True)
@@ -220,7 +224,7 @@ class FolderStore:
             return []
 
     def _marker(self, address: str, cert: x509.Certificate) -> Path:
-        name = f"{address.lower()}.{_fingerprint(cert)}{REVOKED_SUFFIX}"
+        name = f"{normal_address(address)}.{_fingerprint(cert)}{REVOKED_SUFFIX}"
         return self.folder / HISTORY / name
 
     def is_revoked(self, address: str, cert: x509.Certificate) -> bool:
@@ -449,7 +453,7 @@ class FolderStore:
         """The journal's entries, plus kept certificates no journal line names (folders from
         before the journal: ``revoked`` when a marker says so, else ``replaced`` at the copy's
         time), newest first."""
-        address = address.strip().lower()
+        address = normal_address(address)
         if not address or unsafe_address(address):
             return []
         try:

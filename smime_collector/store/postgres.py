@@ -61,6 +61,7 @@ from smime_collector.store.base import (
     Why,
     address_problem,
     answer_key,
+    normal_address,
     remembered_verdict,
     supersede,
 )
@@ -345,7 +346,7 @@ class PostgresStore:
         return None if der is None else x509.load_der_x509_certificate(der)
 
     def get_der(self, address: str) -> bytes | None:
-        address = address.strip().lower()
+        address = normal_address(address)
         if not address or address_problem(address):
             return None
         with self._connection() as conn:
@@ -362,7 +363,7 @@ class PostgresStore:
         return [row[0] for row in rows]
 
     def chain(self, address: str) -> list[bytes]:
-        address = address.strip().lower()
+        address = normal_address(address)
         if not address or address_problem(address):
             return []
         with self._connection() as conn:
@@ -375,7 +376,7 @@ class PostgresStore:
         with self._connection() as conn:
             row = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM revoked WHERE address = %s AND sha256 = %s)",
-                (address.strip().lower(), fingerprint(cert)),
+                (normal_address(address), fingerprint(cert)),
             ).fetchone()
         return bool(row and row[0])
 
@@ -605,7 +606,7 @@ class PostgresStore:
         return datetime.fromtimestamp(self.answer_clock() + offset, UTC)
 
     def history(self, address: str) -> list[HistoryEntry]:
-        address = address.strip().lower()
+        address = normal_address(address)
         if not address or address_problem(address):
             return []
         with self._connection() as conn:
