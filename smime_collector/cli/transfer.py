@@ -10,14 +10,13 @@ import json
 import sys
 from pathlib import Path
 
-from smime_collector import logsetup
-from smime_collector.checkconfig import load
 from smime_collector.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_TEMPFAIL,
     EXIT_USAGE,
     add_config_argument,
+    load_configured,
 )
 from smime_collector.config import ConfigError
 from smime_collector.store import StoreUnavailable, open_store
@@ -41,13 +40,10 @@ def command(
     config: str | None, export_dir: Path | None, import_dir: Path | None, as_json: bool, prog: str
 ) -> int:
     """Export the configured store to ``export_dir``, or import ``import_dir`` into it."""
-    try:
-        settings = load(config)
-        logsetup.attach("transfer", settings.log_file, settings.log_level, settings.log_format)
-    except (ConfigError, OSError) as exc:
-        print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+    loaded = load_configured(config, "transfer", prog)
+    if loaded is None:
         return EXIT_USAGE
-    store = open_store(settings)
+    store = open_store(loaded[0])
     out = sys.stdout
     try:
         store.prepare()

@@ -251,6 +251,8 @@ def matches(entry: Entry, text: str) -> bool:
     )
 
 
+#: Days of verdicts a store's journal keeps unless ``verdict-retention-days`` says otherwise.
+DEFAULT_RETENTION_DAYS = 30
 #: How long a final answer is remembered: longer than any provider retries (Mailgun 8 h).
 REMEMBER_SECONDS = 24 * 3600
 #: Answers kept at most, oldest dropped first (about 200 bytes each).
@@ -277,6 +279,8 @@ class CertStore(Protocol):
 
     #: The backend's name, as ``store =`` spells it.
     kind: str
+    #: How messages name this store: the folder's path, or the database's URL (no password).
+    description: str
 
     def prepare(self) -> None:
         """Create what the backend needs (the folder, the schema); idempotent, and cheap when

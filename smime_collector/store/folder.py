@@ -25,7 +25,6 @@ The folder layout is also what ``--export`` writes, so file-reading consumers ke
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import fcntl
@@ -49,6 +48,7 @@ from cryptography.hazmat.primitives import serialization
 from smime_collector.config import ConfigError
 from smime_collector.journal import JournalEntry, JournalPage
 from smime_collector.store.base import (
+    DEFAULT_RETENTION_DAYS,
     MAX_REMEMBERED,
     REMEMBER_SECONDS,
     Decision,
@@ -87,7 +87,6 @@ _KEPT = re.compile(r"^(?P<address>.+)\.(?P<sha256>[0-9a-f]{64})\.crt$")
 MAX_NAME_BYTES = 255  # NAME_MAX: the longest file name (in bytes) Linux file systems take
 #: The longest name made from an address: ``.history/<address>.<SHA-256 hex>.crt``.
 MAX_ADDRESS_BYTES = MAX_NAME_BYTES - len(".") - 64 - len(".crt")
-DEFAULT_RETENTION_DAYS = 30
 
 
 _DER = serialization.Encoding.DER
@@ -95,9 +94,7 @@ _DER = serialization.Encoding.DER
 
 def pem_of(der: bytes) -> bytes:
     """PEM armour around exactly ``der`` (RFC 7468: 64-column base64)."""
-    text = base64.b64encode(der)
-    lines = b"\n".join(text[i : i + 64] for i in range(0, len(text), 64))
-    return b"-----BEGIN CERTIFICATE-----\n" + lines + b"\n-----END CERTIFICATE-----\n"
+    return asn1_pem.armor("CERTIFICATE", der)
 
 
 def unsafe_address(address: str) -> str | None:
@@ -133,6 +130,7 @@ class FolderStore:
         answer_clock: Callable[[], float] = time.time,
     ) -> None:
         self.folder = folder
+        self.description = str(folder)
         self.index = FolderIndex(folder)
         self.journal = FolderJournal(folder, retention_days)
         self.answers = FolderAnswers(
@@ -193,10 +191,9 @@ class FolderStore:
         if not address or unsafe_address(address):
             return None
         try:
-            data = _read_nofollow(self.path_for(address))
+            return _pem_to_der(self.path_for(address))
         except OSError as exc:
             raise StoreUnavailable(f"cannot read {self.path_for(address)}: {exc}") from exc
-        return None if data is None else _unarmor(data)
 
     def addresses(self) -> list[str]:
         """Every address with a stored certificate, sorted."""
@@ -349,15 +346,16 @@ class FolderStore:
             log.warning("listing without the certificate index: %s", exc)
         except OSError as exc:
             raise StoreUnavailable(f"cannot list {self.folder}: {exc}") from exc
-        try:
-            return self._list_files(expiring_before)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot list {self.folder}: {exc}") from exc
+        return self._list_files(expiring_before)
 
     def _list_files(self, expiring_before: datetime | None) -> list[Entry]:
         """The listing from the files alone: slow, for a folder the index cannot live in."""
+        try:
+            paths = sorted(self.folder.glob("*.crt"))
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list {self.folder}: {exc}") from exc
         entries: list[Entry] = []
-        for path in sorted(self.folder.glob("*.crt")):
+        for path in paths:
             if path.name.startswith(".") or path.is_symlink():
                 continue
             try:
@@ -398,7 +396,7 @@ class FolderStore:
             log.warning("counting without the certificate index: %s", exc)
         except OSError as exc:
             raise StoreUnavailable(f"cannot list {self.folder}: {exc}") from exc
-        entries = self.list()
+        entries = self._list_files(None)  # the index just failed: not a second attempt
         expiring = 0
         if expiring_before is not None:
             expiring = sum(1 for e in entries if e.not_after <= expiring_before)
@@ -472,8 +470,10 @@ class FolderStore:
             entries.append(replace(entry, der=der))
         named = {e.sha256 for e in entries}
         for sha256, der in kept_der.items():
+            if sha256 in named:
+                continue  # the journal describes it
             cert = _load_der(der) if der is not None else None
-            if sha256 in named or cert is None:
+            if cert is None:
                 continue
             found = self._marker_found(address, sha256)
             if found is not None:
@@ -634,10 +634,8 @@ def _read_nofollow(path: Path) -> bytes | None:
         return handle.read()
 
 
-def _pem_to_der(path: Path | None) -> bytes | None:
-    """The exact DER bytes inside a PEM file, or ``None``."""
-    if path is None:
-        return None
+def _pem_to_der(path: Path) -> bytes | None:
+    """The exact DER bytes inside a PEM file (never following a symlink), or ``None``."""
     data = _read_nofollow(path)
     return None if data is None else _unarmor(data)
 

@@ -129,13 +129,14 @@ class FolderJournal:
         only their new lines, so a dashboard refresh does not re-read a week of records."""
         found: Counter[tuple[str, str]] = Counter()
         with self._lock:
-            for day, path in self._days():
+            days = self._days()
+            for day, path in days:
                 if day < since.date():
                     break
                 for at, outcome, reason in self._rows(path):
                     if at >= since:
                         found[outcome, reason] += 1
-            live = {path.name for _day, path in self._days()}
+            live = {path.name for _day, path in days}
             for name in set(self._counted) - live:
                 del self._counted[name]
         return found

@@ -48,6 +48,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from smime_collector.journal import JournalEntry, JournalPage
 from smime_collector.store import schema
 from smime_collector.store.base import (
+    DEFAULT_RETENTION_DAYS,
     MAX_REMEMBERED,
     REMEMBER_SECONDS,
     Decision,
@@ -95,17 +96,13 @@ IDLE_CHECK_SECONDS = 1.0
 POOL_CLOSE_WAIT = 1.0
 #: Passes of a save that finds the address inserted, then gone, by other writers meanwhile.
 SAVE_ATTEMPTS = 3
-#: How long verdicts are kept unless ``verdict-retention-days`` says otherwise.
-DEFAULT_RETENTION_DAYS = 30
 #: Seconds between prunings of old verdicts, per process.
 PRUNE_EVERY_SECONDS = 600
 #: Rows fetched per round trip when streaming every address (``--export``).
 DUMP_BATCH = 1000
 
-FAST_SQL = (
-    "SELECT (SELECT sha256 FROM addresses WHERE address = %s), "
-    "EXISTS (SELECT 1 FROM revoked WHERE address = %s AND sha256 = %s)"
-)
+IS_REVOKED_SQL = "EXISTS (SELECT 1 FROM revoked WHERE address = %s AND sha256 = %s)"
+FAST_SQL = f"SELECT (SELECT sha256 FROM addresses WHERE address = %s), {IS_REVOKED_SQL}"
 # The row lock on one table, then the certificate in a statement of its own. A writer that waited
 # for another gets that row's new version from PostgreSQL's re-check, but a join (or a
 # subquery) in the same statement reads with the snapshot taken before the wait: it would miss
@@ -375,8 +372,7 @@ class PostgresStore:
     def is_revoked(self, address: str, cert: x509.Certificate) -> bool:
         with self._connection() as conn:
             row = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM revoked WHERE address = %s AND sha256 = %s)",
-                (normal_address(address), fingerprint(cert)),
+                f"SELECT {IS_REVOKED_SQL}", (normal_address(address), fingerprint(cert))
             ).fetchone()
         return bool(row and row[0])
 
@@ -390,9 +386,7 @@ class PostgresStore:
         address, sha256 = address.lower(), fingerprint(cert)
         try:
             with self._connection() as conn, conn.transaction():
-                row = conn.execute(
-                    "SELECT sha256 FROM addresses WHERE address = %s FOR UPDATE", (address,)
-                ).fetchone()
+                row = conn.execute(LOCK_SQL, (address,)).fetchone()
                 if row is None or row[0] != sha256:
                     return False
                 conn.execute(MARK_REVOKED_SQL, (address, sha256, None, detail))
@@ -445,10 +439,7 @@ class PostgresStore:
             return StoreResult(Check.passed("the same certificate is already stored"), False, where)
         not_after = cert.not_valid_after_utc
         with conn.transaction():
-            conn.execute(
-                INSERT_CERT_SQL,
-                (sha256, der, cert.issuer.rfc4514_string(), cert.not_valid_before_utc, not_after),
-            )
+            conn.execute(INSERT_CERT_SQL, _certificate_row(sha256, der, cert))
             for _attempt in range(SAVE_ATTEMPTS):
                 current = self._locked_current(conn, address)
                 decision, why = supersede(current, cert, current_revoked)
@@ -651,16 +642,7 @@ class PostgresStore:
                 seen.add(entry.key)
                 if entry.der is not None:
                     cert = x509.load_der_x509_certificate(entry.der)
-                    conn.execute(
-                        INSERT_CERT_SQL,
-                        (
-                            entry.sha256,
-                            entry.der,
-                            cert.issuer.rfc4514_string(),
-                            cert.not_valid_before_utc,
-                            cert.not_valid_after_utc,
-                        ),
-                    )
+                    conn.execute(INSERT_CERT_SQL, _certificate_row(entry.sha256, entry.der, cert))
                 conn.execute(
                     INSERT_HISTORY_SQL,
                     (address, entry.sha256, entry.at, str(entry.event), entry.detail),
@@ -724,6 +706,17 @@ def _history_entry(row: tuple[Any, ...]) -> HistoryEntry:
         at,
         detail,
         None if der is None else bytes(der),
+    )
+
+
+def _certificate_row(sha256: str, der: bytes, cert: x509.Certificate) -> tuple[Any, ...]:
+    """The values of :data:`INSERT_CERT_SQL` for one certificate."""
+    return (
+        sha256,
+        der,
+        cert.issuer.rfc4514_string(),
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
     )
 
 

@@ -64,20 +64,13 @@ class Transfer:
         }
 
 
-def describe(store: CertStore) -> str:
-    """How a store is named in messages: the folder's path, or the database URL."""
-    if isinstance(store, FolderStore):
-        return str(store.folder)
-    return str(getattr(store, "description", store.kind))
-
-
 def copy(source: CertStore, target: CertStore) -> Transfer:
     """Copy everything ``source`` holds into ``target``; see the module's docstring.
 
     Raises :class:`StoreUnavailable` when either store fails: the copy stops there, and running
     it again resumes it (what was copied is ``unchanged`` or already in the history).
     """
-    report = Transfer(describe(source), describe(target))
+    report = Transfer(source.description, target.description)
     for record in source.dump():
         report.addresses += 1
         problem = target.unsafe(record.address)
