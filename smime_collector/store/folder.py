@@ -68,17 +68,21 @@ from smime_collector.store.base import (
 )
 from smime_collector.store.folderanswers import FILE_NAME as ANSWERS
 from smime_collector.store.folderanswers import FolderAnswers
-from smime_collector.store.folderindex import INDEX_DIR, FolderIndex, IndexUnusable
+from smime_collector.store.folderindex import (
+    HISTORY,
+    INDEX_DIR,
+    FolderIndex,
+    IndexUnusable,
+    marker_name,
+)
 from smime_collector.store.folderjournal import FolderJournal
 from smime_collector.trust import CORRUPT_CERTIFICATE, fingerprint
 from smime_collector.verdict import Check, Reason, Verdict
 
 log = logging.getLogger(__name__)
 
-HISTORY = ".history"
 LOCKS = ".locks"
 CHAINS = ".chains"
-REVOKED_SUFFIX = ".revoked"
 INDEX = INDEX_DIR
 JOURNAL = ".jsonl"
 #: A journal line longer than this is not one the store wrote: skipped, never parsed.
@@ -221,8 +225,7 @@ class FolderStore:
             return []
 
     def _marker(self, address: str, cert: x509.Certificate) -> Path:
-        name = f"{normal_address(address)}.{_fingerprint(cert)}{REVOKED_SUFFIX}"
-        return self.folder / HISTORY / name
+        return self.folder / HISTORY / marker_name(normal_address(address), _fingerprint(cert))
 
     def is_revoked(self, address: str, cert: x509.Certificate) -> bool:
         """Whether ``cert`` was found revoked for ``address`` (it has a marker)."""
@@ -248,7 +251,7 @@ class FolderStore:
     def _marker_found(self, address: str, sha256: str) -> tuple[datetime, str] | None:
         """When a revoked marker says its certificate was found revoked, and why; ``None``
         without one (markers written before the journal existed count as its entries)."""
-        data = _read_nofollow(self.folder / HISTORY / f"{address}.{sha256}{REVOKED_SUFFIX}")
+        data = _read_nofollow(self.folder / HISTORY / marker_name(address, sha256))
         if data is None:
             return None
         try:

@@ -44,8 +44,9 @@ from smime_collector.trust import CORRUPT_CERTIFICATE, fingerprint
 log = logging.getLogger(__name__)
 
 INDEX_DIR = ".index"
-#: Where the store keeps ``<address>.<sha256>.revoked`` markers.
-REVOKED_MARKERS = ".history"
+#: Where the store keeps the certificates it replaced, and the markers of revoked ones.
+HISTORY = ".history"
+REVOKED_SUFFIX = ".revoked"
 INDEX_FILE = "certs.sqlite"
 #: Bumped whenever the index's tables change: an index of another version is rebuilt.
 INDEX_VERSION = 1
@@ -262,16 +263,14 @@ class FolderIndex:
         """Markers added or removed by hand: the store's own go through :meth:`mark_revoked`,
         and a changed file is checked for its marker when it is parsed."""
         try:
-            markers = {
-                n for n in os.listdir(self.folder / REVOKED_MARKERS) if n.endswith(".revoked")
-            }
+            markers = {n for n in os.listdir(self.folder / HISTORY) if n.endswith(REVOKED_SUFFIX)}
         except FileNotFoundError:
             markers = set()
         rows = db.execute("SELECT address, sha256, revoked FROM current WHERE sha256 IS NOT NULL")
         changes = [
             (int(now), address)
             for address, sha256, was in rows
-            if (now := f"{address}.{sha256}.revoked" in markers) != bool(was)
+            if (now := marker_name(address, sha256) in markers) != bool(was)
         ]
         with _writing(db):
             db.executemany("UPDATE current SET revoked = ? WHERE address = ?", changes)
@@ -290,8 +289,14 @@ class FolderIndex:
             columns = _columns(x509.load_pem_x509_certificate(data))
         except CORRUPT_CERTIFICATE:
             return (address, *_signature(st), None, None, None, 0)
-        marker = self.folder / REVOKED_MARKERS / f"{address}.{columns[2]}.revoked"
+        marker = self.folder / HISTORY / marker_name(address, str(columns[2]))
         return (address, *_signature(st), *columns, int(marker.exists()))
+
+
+def marker_name(address: str, sha256: str) -> str:
+    """The name, in :data:`HISTORY`, of the marker saying ``address``'s certificate ``sha256``
+    was found revoked."""
+    return f"{address}.{sha256}{REVOKED_SUFFIX}"
 
 
 def _scan(folder: Path, with_stat: bool) -> set[tuple[str, ...]]:
