@@ -154,14 +154,13 @@ def door(
     return wrap
 
 
-def read_body(limit: int | None = None) -> bytes:
-    """The request body, refused with 413 when it is larger than ``limit`` (default:
-    ``max-request-bytes``).
+def read_body() -> bytes:
+    """The request body, refused with 413 when it is larger than ``max-request-bytes``.
 
     werkzeug refuses a Content-Length over the limit before reading, but silently cuts a
     chunked body at the limit: one more byte past it means the body was too large.
     """
-    limit = state().settings.max_request_bytes if limit is None else limit
+    limit = state().settings.max_request_bytes
     body = request.get_data(cache=False)
     if request.content_length is None and len(body) >= limit:
         if request.environ["wsgi.input"].read(1):

@@ -28,7 +28,7 @@ from smime_collector.intake.common import (
     provider_answer,
     read_body,
 )
-from smime_collector.intake.jsonbody import BadJSON, json_object, string_field, utf8_bytes
+from smime_collector.intake.jsonbody import BadJSON, json_object, string_field, text, utf8_bytes
 from smime_collector.verdict import Verdict
 
 INTAKE = "postmark"
@@ -73,10 +73,7 @@ def postmark(deadline: Deadline) -> tuple[Response, int]:
 
 def _envelope(inbound: dict[str, Any]) -> Envelope:
     """Postmark's own fields, for the log only."""
-
-    def text(name: str) -> str | None:
-        value = inbound.get(name)
-        return value if isinstance(value, str) else None
-
-    recipient = text("OriginalRecipient") or text("To")
-    return Envelope(text("From"), (recipient,) if recipient else (), text("MessageID"))
+    recipient = text(inbound.get("OriginalRecipient")) or text(inbound.get("To"))
+    return Envelope(
+        text(inbound.get("From")), (recipient,) if recipient else (), text(inbound.get("MessageID"))
+    )

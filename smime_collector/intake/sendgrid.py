@@ -26,6 +26,7 @@ from smime_collector.intake.common import (
     provider_answer,
 )
 from smime_collector.intake.forms import MULTIPART, BadForm, read_form
+from smime_collector.intake.jsonbody import text, texts
 from smime_collector.verdict import Verdict
 
 INTAKE = "sendgrid"
@@ -75,7 +76,4 @@ def _envelope(value: bytes | None) -> Envelope:
         return Envelope()
     if not isinstance(parsed, dict):
         return Envelope()
-    sender = parsed.get("from")
-    to = parsed.get("to")
-    recipients = tuple(r for r in to if isinstance(r, str)) if isinstance(to, list) else ()
-    return Envelope(sender if isinstance(sender, str) else None, recipients)
+    return Envelope(text(parsed.get("from")), texts(parsed.get("to")))

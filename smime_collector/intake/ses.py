@@ -15,8 +15,6 @@ door does not cover.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from typing import Any
 
@@ -36,7 +34,14 @@ from smime_collector.intake.common import (
     retry,
     state,
 )
-from smime_collector.intake.jsonbody import BadJSON, json_object, string_field
+from smime_collector.intake.jsonbody import (
+    BadJSON,
+    base64_bytes,
+    json_object,
+    string_field,
+    text,
+    texts,
+)
 from smime_collector.verdict import Verdict
 
 INTAKE = "ses"
@@ -125,9 +130,9 @@ def notification(message: dict[str, str], deadline: Deadline) -> tuple[Response,
     return answer(verdict)
 
 
-def ses_content(text: str) -> tuple[bytes, Envelope]:
+def ses_content(message: str) -> tuple[bytes, Envelope]:
     """The raw message and envelope of an SES ``Received`` notification (SNS ``Message``)."""
-    notice = json_object(text.encode("utf-8"), "SES's notification", "Message")
+    notice = json_object(message.encode("utf-8"), "SES's notification", "Message")
     kind = notice.get("notificationType")
     if kind != "Received":
         raise BadJSON(f"Message.notificationType must be Received, not {str(kind)[:40]!r}")
@@ -144,11 +149,7 @@ def ses_content(text: str) -> tuple[bytes, Envelope]:
             f"Message.receipt.action.encoding is {encoding or 'missing'}: set the SES receipt "
             "rule's SNS action encoding to Base64 (UTF-8 changes 8-bit bytes)"
         )
-    try:
-        raw = base64.b64decode("".join(content.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise BadJSON("Message.content is not valid base64") from None
-    return raw, _envelope(notice.get("mail"))
+    return base64_bytes(content, "Message.content"), _envelope(notice.get("mail"))
 
 
 def _object(obj: dict[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -162,11 +163,6 @@ def _envelope(mail: Any) -> Envelope:
     """SES's ``mail`` object, for the log only."""
     if not isinstance(mail, dict):
         return Envelope()
-    source, destination, message_id = (mail.get(k) for k in ("source", "destination", "messageId"))
-    if not isinstance(destination, list):
-        destination = []
     return Envelope(
-        source if isinstance(source, str) else None,
-        tuple(d for d in destination if isinstance(d, str)),
-        message_id if isinstance(message_id, str) else None,
+        text(mail.get("source")), texts(mail.get("destination")), text(mail.get("messageId"))
     )

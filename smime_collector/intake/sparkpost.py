@@ -9,9 +9,6 @@ verdicts, as in the seed.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +17,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from smime_collector.delivery import Delivery, Envelope
 from smime_collector.intake.common import bad_request, read_body, request_deadline, state, token_ok
+from smime_collector.intake.jsonbody import BadJSON, base64_bytes, json_value, text
 from smime_collector.verdict import Outcome, Verdict
 
 INTAKE = "sparkpost"
@@ -49,7 +47,7 @@ def relay() -> tuple[Response, int]:
         log.warning("| invalid %s", TOKEN_HEADER)
         return jsonify(message=f"Invalid {TOKEN_HEADER} in request headers"), 401
     deadline = request_deadline()
-    body = read_body(settings.max_request_bytes)
+    body = read_body()
     log.info("| len(headers)=%d,len(body)=%d", len(request.headers), len(body))
     try:
         events = parse_batch(body)
@@ -100,19 +98,13 @@ def answer(verdicts: list[Verdict], count: int) -> tuple[Response, int]:
 def parse_batch(body: bytes) -> list[tuple[Envelope, bytes]]:
     """Validate the whole relay batch before judging any message."""
     try:
-        text = body.decode("utf-8")
+        body_text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"request body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        batch = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(
-            f"request body is not valid JSON: {exc.msg} at line {exc.lineno}"
-        ) from None
-    except RecursionError:  # json raises it for deeply nested arrays or objects
-        raise BadRequest("request body is not valid JSON: nested too deeply") from None
-    except ValueError as exc:  # int(): more digits than sys.get_int_max_str_digits() allows
-        raise BadRequest(f"request body is not valid JSON: {exc}".split(";")[0]) from None
+        batch = json_value(body_text, "request body")
+    except BadJSON as exc:
+        raise BadRequest(str(exc)) from None
     if not isinstance(batch, list):
         raise BadRequest("request body must be a JSON array of relay events")
     if len(batch) > MAX_BATCH_ITEMS:
@@ -138,12 +130,8 @@ def _kind_name(kind: type) -> str:
 
 def _envelope(relay: dict[str, Any]) -> Envelope:
     """The relay's envelope fields, for logs only: they never decide a verdict."""
-    sender = relay.get("msg_from")
-    recipient = relay.get("rcpt_to")
-    return Envelope(
-        sender if isinstance(sender, str) else None,
-        (recipient,) if isinstance(recipient, str) else (),
-    )
+    recipient = text(relay.get("rcpt_to"))
+    return Envelope(text(relay.get("msg_from")), () if recipient is None else (recipient,))
 
 
 def _relay_content(item: Any, where: str) -> tuple[Envelope, bytes]:
@@ -164,6 +152,6 @@ def _relay_content(item: Any, where: str) -> tuple[Envelope, bytes]:
                 f"{where}.email_rfc822 holds a lone surrogate at character {exc.start}"
             ) from None
     try:
-        return _envelope(relay), base64.b64decode("".join(email.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{where}.email_rfc822 is not valid base64") from None
+        return _envelope(relay), base64_bytes(email, f"{where}.email_rfc822")
+    except BadJSON as exc:
+        raise BadRequest(str(exc)) from None
