@@ -10,6 +10,7 @@ this module.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,6 +23,7 @@ from smime_collector.config import Settings, load_settings
 from smime_collector.intake import mailgun, postmark, raw, sendgrid, ses, sparkpost
 from smime_collector.intake.common import STATE_KEY, AppState
 from smime_collector.pipeline import Collector
+from smime_collector.serving import request_budget
 
 REQUEST_ID_HEADER = "X-Request-Id"
 
@@ -49,7 +51,7 @@ def create_app(settings: Settings | None = None, collector: Collector | None = N
         print("WARNING: x-messagesystems-webhook-token is EMPTY", file=sys.stderr)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.extensions[STATE_KEY] = AppState(settings, collector)
+    app.extensions[STATE_KEY] = AppState(settings, collector, request_budget(os.environ))
     app.register_blueprint(sparkpost.blueprint)
     for door in OPTIONAL_DOORS:
         if door.enabled(settings):

@@ -8,7 +8,6 @@ import binascii
 import functools
 import hmac
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +19,6 @@ from smime_collector.config import Settings
 from smime_collector.deadline import Deadline
 from smime_collector.delivery import Delivery, Envelope
 from smime_collector.pipeline import Collector
-from smime_collector.serving import request_budget
 from smime_collector.verdict import Outcome, Verdict
 
 STATE_KEY = "smime_collector"
@@ -35,10 +33,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AppState:
-    """Built once per app by ``create_app``; blueprints read it through :func:`state`."""
+    """Built once per app by ``create_app``; blueprints read it through :func:`state`.
+
+    ``request_seconds`` is each request's time budget, from ``GUNICORN_TIMEOUT``, which is
+    fixed for the life of the process (see :func:`smime_collector.serving.request_budget`).
+    """
 
     settings: Settings
     collector: Collector
+    request_seconds: float
 
 
 def state() -> AppState:
@@ -118,7 +121,7 @@ def log_request() -> None:
 
 def request_deadline() -> Deadline:
     """One budget per request, so that it is answered before gunicorn's worker timeout."""
-    return Deadline.after(request_budget(os.environ))
+    return Deadline.after(state().request_seconds)
 
 
 def door(
