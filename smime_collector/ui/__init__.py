@@ -43,5 +43,5 @@ def install(app: Flask, settings: Settings) -> None:
         # The lifetime counts from sign-in, not from the last page seen.
         SESSION_REFRESH_EACH_REQUEST=False,
     )
-    app.extensions[STATE_KEY] = UIState(settings.ui_token, settings.ui_session_hours * 3600)
+    app.extensions[STATE_KEY] = UIState()
     app.register_blueprint(blueprint, url_prefix=PREFIX)

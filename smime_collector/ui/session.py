@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from flask import Flask, current_app, request, session
 from flask.sessions import SecureCookieSessionInterface
 
+from smime_collector.intake.common import state
 from smime_collector.ui import ratelimit
 
 STATE_KEY = "smime_collector_ui"
@@ -31,11 +32,9 @@ CSRF_FIELD = "csrf_token"
 
 @dataclass
 class UIState:
-    """Per app: the token to sign in with, the session's lifetime, the sign-in limiter (the
-    workers' shared one under gunicorn) and the clock (tests move it instead of waiting)."""
+    """Per app, what the settings do not hold: the sign-in limiter (the workers' shared one
+    under gunicorn) and the clock (tests move it instead of waiting)."""
 
-    token: str
-    session_seconds: float
     limiter: ratelimit.SignInLimiter = field(default_factory=ratelimit.limiter)
     clock: Callable[[], float] = field(default=time.time)
 
@@ -64,10 +63,6 @@ def csrf_ok() -> bool:
     return bool(expected) and hmac.compare_digest(sent.encode(), str(expected).encode())
 
 
-def token_ok(sent: str) -> bool:
-    return hmac.compare_digest(sent.encode("utf-8"), ui_state().token.encode("utf-8"))
-
-
 def sign_in() -> None:
     """A new session for the person who just gave the token: nothing from before survives,
     and the form token changes with the privilege."""
@@ -82,7 +77,7 @@ def signed_in() -> bool:
     if not isinstance(started, int | float):
         return False
     age = ui_state().clock() - started
-    return 0 <= age < ui_state().session_seconds
+    return 0 <= age < state().settings.ui_session_hours * 3600
 
 
 def sign_out() -> None:

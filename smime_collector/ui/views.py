@@ -26,7 +26,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 
 from smime_collector import __version__
-from smime_collector.intake.common import state
+from smime_collector.intake.common import state, token_ok
 from smime_collector.store.base import Entry
 from smime_collector.trust import fingerprint
 from smime_collector.ui.session import (
@@ -36,7 +36,6 @@ from smime_collector.ui.session import (
     sign_in,
     sign_out,
     signed_in,
-    token_ok,
     ui_state,
 )
 from smime_collector.verdict import REASONS, Outcome
@@ -117,7 +116,7 @@ def login() -> Response | tuple[str, int] | str:
         problem = f"Too many failed sign-ins. Try again in {wait // 60 + 1} minutes."
         page = render_template("ui/login.html", next=next_page, problem=problem)
         return Response(page, 429, {"Retry-After": str(wait)})
-    if not token_ok(request.form.get("token", "")):
+    if not token_ok(request.form.get("token", ""), state().settings.ui_token):
         # The form again with the problem, as a 200: it is a page to read, not an error of the
         # page (a 401 would also need an HTTP authentication scheme this form does not use).
         return render_template("ui/login.html", next=next_page, problem="Wrong token."), 200
