@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import socket
 import ssl
@@ -121,21 +122,16 @@ class CollectorHandler:
 
     def _judge(self, delivery: Delivery, peer: Any) -> Verdict:
         sink = self.collector.sink
-        if sink is None:
-            return self._judge_logged(delivery, peer)
-        with sink.context():
-            return self._judge_logged(delivery, peer)
-
-    def _judge_logged(self, delivery: Delivery, peer: Any) -> Verdict:
-        log.info(
-            "Message from %s,protocol=%s,mail_from=%s,rcpt_to=%s,bytes=%d",
-            peer[0] if isinstance(peer, tuple) else peer,
-            self.intake,
-            delivery.envelope.sender,
-            ",".join(delivery.envelope.recipients),
-            len(delivery.raw),
-        )
-        return self.collector.judge(delivery, Deadline.after(JUDGE_SECONDS))
+        with sink.context() if sink is not None else contextlib.nullcontext():
+            log.info(
+                "Message from %s,protocol=%s,mail_from=%s,rcpt_to=%s,bytes=%d",
+                peer[0] if isinstance(peer, tuple) else peer,
+                self.intake,
+                delivery.envelope.sender,
+                ",".join(delivery.envelope.recipients),
+                len(delivery.raw),
+            )
+            return self.collector.judge(delivery, Deadline.after(JUDGE_SECONDS))
 
     async def idle(self) -> None:
         """Return when no judgement is under way."""
