@@ -248,16 +248,11 @@ def exposition(store: StoreLike | None = None) -> tuple[bytes, str]:
     scrape-time values of ``store``."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     registry = CollectorRegistry()
-    registry.register(WorkerFiles(path) if path else _Default())
+    # Outside gunicorn (tests, the CLI) this process's own registry is the source; having no
+    # describe(), it is registered without a duplicate-name check, as any plain collector is.
+    registry.register(WorkerFiles(path) if path else REGISTRY)
     registry.register(ScrapeTime(store))
     return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-class _Default:
-    """This process's own metrics (outside gunicorn: tests, the CLI)."""
-
-    def collect(self) -> Iterable[Metric]:
-        return REGISTRY.collect()
 
 
 def worker_exited(pid: int) -> None:
