@@ -9,9 +9,10 @@ from __future__ import annotations
 from flask import Flask
 
 from smime_collector import web
-from smime_collector.web import TOKEN_HEADER, RequestScope, create_app
+from smime_collector.intake.sparkpost import TOKEN_HEADER
+from smime_collector.web import create_app
 
-__all__ = ["TOKEN_HEADER", "RequestScope", "create_app"]
+__all__ = ["TOKEN_HEADER", "create_app"]
 
 
 def __getattr__(name: str) -> Flask:

@@ -29,8 +29,6 @@ REQUEST_ID_HEADER = "X-Request-Id"
 
 log = logging.getLogger("smime_collector.webapp")
 
-#: Re-exported for the seed's callers and the tests.
-TOKEN_HEADER = sparkpost.TOKEN_HEADER
 #: The doors besides SparkPost's; each exists only when its secret is configured (else 404).
 OPTIONAL_DOORS = (mailgun, postmark, sendgrid, ses, raw)
 #: Every route mail comes in by: requests to these are timed, the operator's own are not.
