@@ -15,7 +15,6 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from smime_collector import pathvalidation
@@ -44,7 +43,7 @@ class Candidate:
     path: ValidPath | None = None
 
     def der(self, cert: x509.Certificate) -> bytes:
-        return self.der_of.get(cert) or cert.public_bytes(Encoding.DER)
+        return pathvalidation.exact_der(cert, self.der_of)
 
 
 Rule = Callable[[Candidate], Check]

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -62,6 +62,8 @@ MIN_RSA_BITS = 2048
 WEAK_HASHES = frozenset({"md2", "md5"})
 #: Validated paths kept per process (each a few certificates); least recently used go first.
 PATH_CACHE_SIZE = 1024
+#: Parsed certificates kept per process; least recently used go first.
+ASN1_CACHE_SIZE = 512
 #: Candidate paths tried for one certificate before giving up: a message can send many
 #: cross-certificates, and each candidate costs signature checks.
 MAX_CANDIDATE_PATHS = 16
@@ -90,35 +92,16 @@ def asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
     return from_der(cert.public_bytes(_DER))
 
 
+@functools.lru_cache(maxsize=ASN1_CACHE_SIZE)
 def from_der(der: bytes) -> asn1_x509.Certificate:
-    """The asn1crypto view of a certificate, from the exact bytes it arrived in."""
-    return _ASN1_CACHE.get(der)
+    """The asn1crypto view of a certificate, from the exact bytes it arrived in. Parsed
+    issuers recur in every message, and parsing is the costly part of asn1crypto."""
+    return rawcms.exact_certificate(der)
 
 
-class _Asn1Cache:
-    """Parsed issuers recur in every message; parsing is the costly part of asn1crypto."""
-
-    SIZE = 512
-
-    def __init__(self) -> None:
-        self._items: OrderedDict[bytes, asn1_x509.Certificate] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, der: bytes) -> asn1_x509.Certificate:
-        with self._lock:
-            cert = self._items.get(der)
-            if cert is not None:
-                self._items.move_to_end(der)
-                return cert
-        cert = rawcms.exact_certificate(der)
-        with self._lock:
-            self._items[der] = cert
-            while len(self._items) > self.SIZE:
-                self._items.popitem(last=False)
-        return cert
-
-
-_ASN1_CACHE = _Asn1Cache()
+def exact_der(cert: x509.Certificate, der_of: Mapping[x509.Certificate, bytes]) -> bytes:
+    """The bytes ``cert`` arrived in when the message kept them, else its DER encoding."""
+    return der_of.get(cert) or cert.public_bytes(_DER)
 
 
 @dataclass(frozen=True)
@@ -208,17 +191,13 @@ class PathCache:
         self.size = size
         self._items: OrderedDict[tuple[object, ...], ValidPath] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: tuple[object, ...], at: datetime) -> ValidPath | None:
         with self._lock:
             path = self._items.get(key)
             if path is not None and path.valid_from <= at <= path.valid_until:
                 self._items.move_to_end(key)
-                self.hits += 1
                 return path
-            self.misses += 1
             return None
 
     def put(self, key: tuple[object, ...], path: ValidPath) -> None:
@@ -246,9 +225,9 @@ def validate(
     """Build and validate a path from ``cert`` to an anchor through ``bag``, then apply the
     S/MIME rules to it. The answer is a :class:`ValidPath` or the failing :class:`Check`."""
     der_of = der_of or {}
-    leaf_der = der_of.get(cert) or cert.public_bytes(_DER)
+    leaf_der = exact_der(cert, der_of)
     others = [c for c in bag if c != cert]
-    ders = [der_of.get(c) or c.public_bytes(_DER) for c in others]
+    ders = [exact_der(c, der_of) for c in others]
     key = (
         anchors,
         allow_sha1,
@@ -289,11 +268,11 @@ def _validate(
     except (ValidationError, ValueError, TypeError, KeyError) as exc:
         # asn1crypto parses lazily: a field corrupt beyond what cryptography read fails here.
         return Check.fail("untrusted", f"no trusted chain: {_sentence(exc)}")
-    by_der = {hashlib.sha256(d).digest(): c for d, c in zip(ders, others, strict=True)}
-    by_der[hashlib.sha256(leaf_der).digest()] = cert
+    by_der = dict(zip(ders, others, strict=True))
+    by_der[leaf_der] = cert
     below = []
     for item in reversed(list(path.iter_certs(include_root=False))):
-        found = by_der.get(hashlib.sha256(item.dump()).digest())
+        found = by_der.get(item.dump())
         below.append(found if found is not None else x509.load_der_x509_certificate(item.dump()))
     anchor_cert = None
     authority = path.trust_anchor.authority

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from smime_collector import certpolicy, logsetup, metrics, pathvalidation
@@ -326,7 +325,7 @@ class Collector:
         found = pathvalidation.validate(stored, bag, anchors, at, allow_sha1, der_of)
         if isinstance(found, Check):
             return None
-        ders = [der_of.get(c) or c.public_bytes(Encoding.DER) for c in bag]
+        ders = [pathvalidation.exact_der(c, der_of) for c in bag]
         finding = self.revocation.status(
             found, ders, signed.crls, anchors, at, allow_sha1, deadline
         )

@@ -21,7 +21,6 @@ from smime_collector.store import CertStore
 from smime_collector.trust import CORRUPT_CERTIFICATE, Anchors
 from smime_collector.verdict import Check
 
-STATES = ("valid", "revoked", "expired", "unknown")
 log = logging.getLogger(__name__)
 
 

@@ -56,7 +56,6 @@ from smime_collector.verdict import Check
 
 log = logging.getLogger(__name__)
 
-MODES = ("soft", "hard", "off")
 #: Fetches one message may cause, over every certificate of its path and both protocols.
 MAX_FETCHES_PER_MESSAGE = 6
 #: Distribution points / OCSP URLs tried per certificate; a certificate can list many.
@@ -256,7 +255,6 @@ class FetchCache:
         self._size = 0
         self._inflight: dict[str, _Flight] = {}
         self._lock = threading.Lock()
-        self.fetches = 0
 
     def peek(self, key: str) -> bytes | None:
         with self._lock:
@@ -305,7 +303,6 @@ class FetchCache:
             assert flight.data is not None
             return flight.data
         try:
-            self.fetches += 1
             flight.data = load()
             until = expires(flight.data)
             if until is not None and until > self.clock():
@@ -334,12 +331,6 @@ class FetchCache:
             self._size += len(data)
             while len(self._items) > self.entries or self._size > self.max_bytes:
                 self._drop(next(iter(self._items)))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._failures.clear()
-            self._size = 0
 
 
 def _crl_expiry(data: bytes) -> float | None:
@@ -407,11 +398,10 @@ class Revocation:
         at: datetime,
         allow_sha1: bool,
         deadline: Deadline,
-        fetch_allowed: bool | None = None,
     ) -> Finding:
         """The status of every certificate below the anchor, combined: revoked if any is,
         unavailable if any could not be checked now, unknown if any has no usable source."""
-        fetching = self.settings.fetch if fetch_allowed is None else fetch_allowed
+        fetching = self.settings.fetch
         budget = _Budget(deadline)
         pool = [pathvalidation.from_der(der) for der in bag]
         if path.anchor_asn1 is not None:  # the CRL of the certificate just below it is the anchor's
