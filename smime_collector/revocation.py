@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -101,6 +101,21 @@ class RevocationSettings:
     nameservers: tuple[tuple[str, int], ...] = ()
 
 
+class Digested(bytes):
+    """Revocation data that carries its SHA-256, computed once where the bytes enter (a
+    message, a ``revocation-crls`` file, a fetch): the verified-answer cache is keyed by the
+    digests of every CRL held, for every certificate of every message."""
+
+    sha256: bytes
+
+    def __new__(cls, data: bytes) -> Digested:
+        if isinstance(data, Digested):
+            return data
+        self = super().__new__(cls, data)
+        self.sha256 = hashlib.sha256(data).digest()
+        return self
+
+
 class RevocationConfigError(Exception):
     """A ``revocation-crls`` file cannot be read; raised at start-up."""
 
@@ -144,7 +159,8 @@ class LocalCRLs:
         self.check_interval = check_interval
         self._lock = threading.Lock()
         self._stamp = self._stat()
-        self._crls = load_local_crls(self.paths)  # a bad file at start-up is a config error
+        # A bad file at start-up is a configuration error.
+        self._crls = _digested(load_local_crls(self.paths))
         self._checked = time.monotonic()
 
     def _stat(self) -> tuple[tuple[str, int, int], ...]:
@@ -159,7 +175,7 @@ class LocalCRLs:
                 stamps.append((str(file), st.st_mtime_ns, st.st_size))
         return tuple(stamps)
 
-    def crls(self) -> list[bytes]:
+    def crls(self) -> list[Digested]:
         if not self.paths or time.monotonic() - self._checked < self.check_interval:
             return self._crls
         with self._lock:
@@ -167,11 +183,15 @@ class LocalCRLs:
             try:
                 stamp = self._stat()
                 if stamp != self._stamp:
-                    self._crls = load_local_crls(self.paths)
+                    self._crls = _digested(load_local_crls(self.paths))
                     self._stamp = stamp
             except (OSError, RevocationConfigError) as exc:
                 log.warning("| revocation-crls not reloaded, keeping the last good ones: %s", exc)
         return self._crls
+
+
+def _digested(ders: Iterable[bytes]) -> list[Digested]:
+    return [Digested(der) for der in ders]
 
 
 class VerifiedCache:
@@ -233,7 +253,7 @@ def _crl_window(crls: list[bytes], serial: int) -> tuple[datetime, datetime] | N
 @dataclass
 class _Flight:
     done: threading.Event = field(default_factory=threading.Event)
-    data: bytes | None = None
+    data: Digested | None = None
     error: FetchError | None = None
 
 
@@ -250,17 +270,17 @@ class FetchCache:
         self.entries = entries
         self.max_bytes = max_bytes
         self.clock = clock
-        self._items: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Digested, float]] = OrderedDict()
         self._failures: OrderedDict[str, tuple[FetchError, float]] = OrderedDict()
         self._size = 0
         self._inflight: dict[str, _Flight] = {}
         self._lock = threading.Lock()
 
-    def peek(self, key: str) -> bytes | None:
+    def peek(self, key: str) -> Digested | None:
         with self._lock:
             return self._fresh(key)
 
-    def _fresh(self, key: str) -> bytes | None:
+    def _fresh(self, key: str) -> Digested | None:
         item = self._items.get(key)
         if item is None:
             return None
@@ -281,7 +301,7 @@ class FetchCache:
         load: Callable[[], bytes],
         expires: Callable[[bytes], float | None],
         wait: float,
-    ) -> bytes:
+    ) -> Digested:
         """Cached data for ``key``, else ``load()`` once for all concurrent callers."""
         with self._lock:
             data = self._fresh(key)
@@ -303,7 +323,7 @@ class FetchCache:
             assert flight.data is not None
             return flight.data
         try:
-            flight.data = load()
+            flight.data = Digested(load())
             until = expires(flight.data)
             if until is not None and until > self.clock():
                 self._put(key, flight.data, until)
@@ -321,7 +341,7 @@ class FetchCache:
                 self._inflight.pop(key, None)
             flight.done.set()
 
-    def _put(self, key: str, data: bytes, until: float) -> None:
+    def _put(self, key: str, data: Digested, until: float) -> None:
         if len(data) > self.max_bytes:
             return
         with self._lock:
@@ -406,7 +426,7 @@ class Revocation:
         pool = [pathvalidation.from_der(der) for der in bag]
         if path.anchor_asn1 is not None:  # the CRL of the certificate just below it is the anchor's
             pool.append(path.anchor_asn1)
-        held = [*crls, *self.local.crls()]
+        held = [*_digested(crls), *self.local.crls()]
         ocsps: list[bytes] = []
         findings: list[tuple[x509.Certificate, Status, str]] = []
         issued = [*path.certs[1:], *([path.anchor] if path.anchor is not None else [])]
@@ -432,7 +452,7 @@ class Revocation:
         issuer: x509.Certificate,
         path: ValidPath,
         pool: list[asn1_x509.Certificate],
-        held: list[bytes],
+        held: list[Digested],
         ocsps: list[bytes],
         anchors: Anchors,
         at: datetime,
@@ -460,10 +480,10 @@ class Revocation:
             if place == path.pkix.pkix_len
             else "intermediate CA certificate"
         )
+        who = (anchors, allow_sha1, fingerprint(cert), fingerprint(issuer))
 
         def judge_crls() -> None:
-            key = (anchors, allow_sha1, fingerprint(cert), fingerprint(issuer),
-                   frozenset(hashlib.sha256(c).digest() for c in held))  # fmt: skip
+            key = (*who, frozenset(c.sha256 for c in held))
             known = self.verified.get(key, at)
             if known is not None:
                 evidence.good = known
@@ -534,7 +554,7 @@ class Revocation:
         expires: Callable[[bytes], float | None],
         body: bytes | None = None,
         cache_key: str | None = None,
-    ) -> bytes | None:
+    ) -> Digested | None:
         key = cache_key or url
         cached = self.cache.peek(key)
         if cached is not None:
