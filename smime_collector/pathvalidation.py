@@ -21,7 +21,6 @@ import functools
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +49,7 @@ from pyhanko_certvalidator.policy_decl import (
 from pyhanko_certvalidator.registry import CertificateRegistry
 
 from smime_collector import rawcms
+from smime_collector.boundedcache import WindowCache
 from smime_collector.trust import Anchors, fingerprint
 from smime_collector.verdict import Check
 
@@ -180,38 +180,10 @@ def context(
     )
 
 
-class PathCache:
-    """Validated paths keyed by the certificate set, the trust snapshot and allow-sha1.
-
-    The time window is the path's own: a hit is used only when the verification time falls
-    inside every certificate's validity, so a cached path never outlives a certificate.
-    """
-
-    def __init__(self, size: int = PATH_CACHE_SIZE) -> None:
-        self.size = size
-        self._items: OrderedDict[tuple[object, ...], ValidPath] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[object, ...], at: datetime) -> ValidPath | None:
-        with self._lock:
-            path = self._items.get(key)
-            if path is not None and path.valid_from <= at <= path.valid_until:
-                self._items.move_to_end(key)
-                return path
-            return None
-
-    def put(self, key: tuple[object, ...], path: ValidPath) -> None:
-        with self._lock:
-            self._items[key] = path
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-CACHE = PathCache()
+#: Validated paths keyed by the certificate set, the trust snapshot and allow-sha1. The window
+#: is the path's own: a hit is used only when the verification time falls inside every
+#: certificate's validity, so a cached path never outlives a certificate.
+CACHE: WindowCache[tuple[object, ...], ValidPath] = WindowCache(PATH_CACHE_SIZE)
 
 
 def validate(
@@ -239,7 +211,7 @@ def validate(
         return cached
     result = _validate(cert, leaf_der, others, ders, anchors, at, allow_sha1)
     if isinstance(result, ValidPath):
-        CACHE.put(key, result)
+        CACHE.put(key, result, result.valid_from, result.valid_until)
     return result
 
 

@@ -48,6 +48,7 @@ from pyhanko_certvalidator.revinfo.validate_ocsp import verify_ocsp_response
 from pyhanko_certvalidator.util import ConsList
 
 from smime_collector import metrics, pathvalidation
+from smime_collector.boundedcache import WindowCache
 from smime_collector.deadline import Deadline
 from smime_collector.guardedfetch import FetchError, FetchPolicy, fetch
 from smime_collector.pathvalidation import ValidPath, common_name
@@ -67,7 +68,7 @@ CACHE_BYTES = 64 * 1024 * 1024
 #: per URL and period, not one per message.
 FAILURE_TTL_TRANSIENT = 30.0
 FAILURE_TTL_PERMANENT = 300.0
-#: Verified "not revoked" answers kept per process (see :class:`VerifiedCache`).
+#: Verified "not revoked" answers kept per process (see ``Revocation.verified``).
 VERIFIED_ENTRIES = 4096
 #: CRL files read from ``revocation-crls``; a folder with more is a configuration error.
 MAX_LOCAL_CRLS = 1000
@@ -192,39 +193,6 @@ class LocalCRLs:
 
 def _digested(ders: Iterable[bytes]) -> list[Digested]:
     return [Digested(der) for der in ders]
-
-
-class VerifiedCache:
-    """ "Not revoked" answers already verified, so that a CRL served from the fetch cache is
-    not verified again for every message (its signature, its issuer's path).
-
-    Keyed by the certificate, its issuer, the exact set of CRLs that were available, the trust
-    snapshot and allow-sha1; used only between the latest thisUpdate and the earliest
-    nextUpdate of those CRLs, and only when none of them lists the certificate's serial (a
-    listed serial may be revoked from a date on, so its answer depends on the time).
-    """
-
-    def __init__(self, entries: int = VERIFIED_ENTRIES) -> None:
-        self.entries = entries
-        self._items: OrderedDict[tuple[object, ...], tuple[str, datetime, datetime]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[object, ...], at: datetime) -> str | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is None or not item[1] <= at <= item[2]:
-                return None
-            self._items.move_to_end(key)
-            return item[0]
-
-    def put(self, key: tuple[object, ...], detail: str, crls: list[bytes], serial: int) -> None:
-        window = _crl_window(crls, serial)
-        if window is None:
-            return
-        with self._lock:
-            self._items[key] = (detail, *window)
-            while len(self._items) > self.entries:
-                self._items.popitem(last=False)
 
 
 def _crl_window(crls: list[bytes], serial: int) -> tuple[datetime, datetime] | None:
@@ -404,7 +372,13 @@ class Revocation:
         self.settings = settings
         self.local = LocalCRLs(settings.crl_paths)
         self.cache = cache or FetchCache()
-        self.verified = VerifiedCache()
+        # "Not revoked" answers already verified, so that a CRL served from the fetch cache is
+        # not verified again for every message (its signature, its issuer's path). Keyed by
+        # the certificate, its issuer, the exact set of CRLs that were available, the trust
+        # snapshot and allow-sha1; used only between the latest thisUpdate and the earliest
+        # nextUpdate of those CRLs, and only when none of them lists the certificate's serial
+        # (a listed serial may be revoked from a date on, so its answer depends on the time).
+        self.verified: WindowCache[tuple[object, ...], str] = WindowCache(VERIFIED_ENTRIES)
         self.policy = FetchPolicy(
             settings.timeout, settings.max_bytes, settings.allow_private, settings.nameservers
         )
@@ -498,7 +472,9 @@ class Revocation:
                 role,
             )
             if evidence.good is not None:
-                self.verified.put(key, evidence.good, held, cert.serial_number)
+                window = _crl_window(held, cert.serial_number)
+                if window is not None:
+                    self.verified.put(key, evidence.good, *window)
 
         if held:
             judge_crls()
