@@ -40,6 +40,7 @@ from dkim.canonicalization import (
 from dkim.util import InvalidTagValueList, parse_tag_value
 from publicsuffixlist import PublicSuffixList
 
+from smime_collector.boundedcache import cached_when_short
 from smime_collector.deadline import Deadline, DeadlineExceeded
 from smime_collector.dnskeys import DNSTempError, KeyResolver
 from smime_collector.message import ParsedMessage, parse_message
@@ -240,20 +241,12 @@ def _from_differs(headers: list[tuple[bytes, bytes]], msg: ParsedMessage) -> str
     return None
 
 
+# The same senders write again and again: their From: value is parsed once per process.
+@cached_when_short(maxsize=4096, max_len=MAX_CACHED_FROM_BYTES)
 def _address_in(value: bytes) -> str | None:
     """The address the message parser reads in a From: value as DKIM split it, or None."""
-    if len(value) > MAX_CACHED_FROM_BYTES:
-        return _parse_from(value)
-    return _cached_address_in(value)
-
-
-def _parse_from(value: bytes) -> str | None:
     seen = parse_message(b"From:" + value + b"\r\n")
     return seen.from_address if isinstance(seen, ParsedMessage) else None
-
-
-#: The same senders write again and again: their From: value is parsed once per process.
-_cached_address_in = functools.lru_cache(maxsize=4096)(_parse_from)
 
 
 def _check_one(
@@ -393,6 +386,7 @@ def _public_key(
     return key
 
 
+@cached_when_short(maxsize=KEY_CACHE_SIZE, max_len=MAX_CACHED_RECORD_BYTES)
 def parse_key_record(record: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519PublicKey | str:
     """The key of a DKIM TXT record (RFC 6376 §3.6.1), or why there is none.
 
@@ -400,12 +394,6 @@ def parse_key_record(record: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519PublicK
     built: no arithmetic is done on a key outside the bounds. The answer depends on the record
     alone, and the resolver hands out the same record for its TTL, so it is kept per record.
     """
-    if len(record) > MAX_CACHED_RECORD_BYTES:
-        return _parse_key_record(record)
-    return _cached_key_record(record)
-
-
-def _parse_key_record(record: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519PublicKey | str:
     try:
         tags = parse_tag_value(record)
     except InvalidTagValueList:
@@ -432,9 +420,6 @@ def _parse_key_record(record: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519Public
     if kind != b"rsa":
         return f"unknown key type k={kind.decode('utf-8', 'replace')}"
     return _rsa_key(data)
-
-
-_cached_key_record = functools.lru_cache(maxsize=KEY_CACHE_SIZE)(_parse_key_record)
 
 
 def _rsa_key(data: bytes) -> rsa.RSAPublicKey | str:

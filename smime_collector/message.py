@@ -24,6 +24,7 @@ from email.parser import BytesHeaderParser
 from email.policy import Compat32, default
 from typing import Any
 
+from smime_collector.boundedcache import cached_when_short
 from smime_collector.verdict import Check
 
 MAX_PARTS = 1000
@@ -270,7 +271,7 @@ def header_param(headers: Message, param: str, header: str) -> str | tuple[str, 
     wanted = header.lower()
     for name, raw in headers.raw_items():  # the first one, as ``Message.get`` takes it
         if name.lower() == wanted:
-            params = _params(name, raw) if len(raw) <= MAX_CACHED_HEADER else _parse(name, raw)
+            params = _params(name, raw)
             break
     else:
         return None
@@ -278,14 +279,12 @@ def header_param(headers: Message, param: str, header: str) -> str | tuple[str, 
     return next((value for key, value in params if key.lower() == param), None)
 
 
-def _parse(name: str, raw: str) -> tuple[tuple[str, Any], ...]:
+@cached_when_short(maxsize=512, max_len=MAX_CACHED_HEADER, size=lambda _name, raw: len(raw))
+def _params(name: str, raw: str) -> tuple[tuple[str, Any], ...]:
     """``get_params`` (unquoted) of a header ``name: raw`` read as the message parser reads it."""
     single = Message(policy=_POLICY)
     single.set_raw(name, raw)
     return tuple(single.get_params(failobj=[], header=name))
-
-
-_params = functools.lru_cache(maxsize=512)(_parse)
 
 
 def split_multipart(

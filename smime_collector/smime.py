@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 
 from smime_collector import rawcms
+from smime_collector.boundedcache import cached_when_short
 from smime_collector.message import Entity, MalformedMessage
 from smime_collector.trust import CORRUPT_CERTIFICATE
 from smime_collector.verdict import Check
@@ -394,27 +395,15 @@ def _set_of(contents: bytes) -> bytes:
     return b"\x31" + bytes([0x80 | len(octets)]) + octets + contents
 
 
+@cached_when_short(maxsize=256, max_len=MAX_CACHED_ALGORITHM_BYTES)
 def _dotted(oid: bytes) -> str:
     """The dotted form of an OID element, as asn1crypto reads it."""
-    if len(oid) <= MAX_CACHED_ALGORITHM_BYTES:
-        return _cached_dotted(oid)
     return asn1.ObjectIdentifier.load(oid).dotted
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_dotted(oid: bytes) -> str:
-    return asn1.ObjectIdentifier.load(oid).dotted
-
-
+@cached_when_short(maxsize=64, max_len=MAX_CACHED_ALGORITHM_BYTES)
 def _digest_name(algorithm: bytes) -> str:
     """A DigestAlgorithm element's name, as asn1crypto reads it."""
-    if len(algorithm) <= MAX_CACHED_ALGORITHM_BYTES:
-        return _cached_digest_name(algorithm)
-    return cms.DigestAlgorithm.load(algorithm)["algorithm"].native
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_digest_name(algorithm: bytes) -> str:
     return cms.DigestAlgorithm.load(algorithm)["algorithm"].native
 
 
